@@ -1,0 +1,42 @@
+# Two commands a user needs: `make train` and `make test`. Both create .venv and install the project on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install train test test-slow test-gpu lint evaluate clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Train the default run (noise-free synthetic world, tiny ViT CLIP, CPU) and print its evaluation table.
+## Extra Hydra overrides: make train ARGS="trainer.max_steps=200 seed=1"
+train: $(STAMP)
+	$(PY) train.py $(ARGS)
+
+## Evaluate a checkpoint: make evaluate ARGS="ckpt_path=logs/runs/<run>/checkpoints/last.ckpt"
+evaluate: $(STAMP)
+	$(PY) evaluate.py $(ARGS)
+
+## Default test run: CPU-only, offline, no slow or gpu tests.
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow and not gpu" $(ARGS)
+
+test-slow: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "slow" $(ARGS)
+
+test-gpu: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "gpu" $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf logs outputs .pytest_cache
