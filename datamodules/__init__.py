@@ -1,0 +1,1 @@
+"""The data side: records, sources, the synthetic world, datasets, the DataModule, benchmarks."""

@@ -1,0 +1,1 @@
+"""Benchmarks: one file each, a `Benchmark` subclass that scores a `ClipScorer` and reports chance levels."""

@@ -1,0 +1,221 @@
+"""The synthetic-world benchmark: SugarCrepe-style positive-vs-negative caption choice per category (chance 50%)
+and Winoground-style 2 images × 2 captions (text / image / group; chance 25 / 25 / 16.67%), on test-split scenes.
+
+Every positive caption is verified true and every negative verified false against the scene graph. Items that
+involve a held-out composition are also reported on their own (`<category>-heldout`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer
+from datamodules.sources.synthetic import SyntheticWorldSource
+from datamodules.world.claims import (
+    CATEGORIES,
+    Desc,
+    Relation,
+    holds,
+    mentions_heldout,
+    negative_claim,
+    positive_for_category,
+    relation_claim,
+)
+from datamodules.world.render import render_scene
+from datamodules.world.scene import Scene, World, swap_attribute
+
+WINOGROUND_KINDS = ("swap_attributes", "swap_objects")
+
+
+def world_from_context(context: dict[str, Any] | None) -> tuple[World | None, int | None]:
+    """The world (and image size) the checkpoint was trained on, if it was trained on the synthetic world."""
+    src = ((context or {}).get("run_config") or {}).get("data", {}).get("source", {})
+    if "world" not in src:
+        return None, None
+    params = {k: v for k, v in (src.get("world") or {}).items() if not k.startswith("_")}
+    return World(**params), src.get("image_size")
+
+
+class SyntheticBenchmark(Benchmark):
+    """Args:
+    world: the world definition; None = the checkpoint's training world (else the default world).
+    image_size: render size; None = the checkpoint's (else 48).
+    num_items: items per SugarCrepe-style category.
+    num_winoground: items per Winoground-style kind.
+    max_scenes: test scenes scanned at most.
+    seed: item sampling seed.
+    max_failures: failure cases kept for the report.
+    """
+
+    name = "synthetic"
+
+    def __init__(
+        self,
+        world: World | None = None,
+        *,
+        image_size: int | None = None,
+        num_items: int = 300,
+        num_winoground: int = 150,
+        max_scenes: int = 20000,
+        seed: int = 0,
+        max_failures: int = 50,
+        categories: tuple[str, ...] | list[str] = CATEGORIES,
+    ) -> None:
+        unknown = set(categories) - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"benchmark.categories: unknown {sorted(unknown)}; valid: {list(CATEGORIES)}")
+        self.world = world
+        self.image_size = image_size
+        self.num_items = num_items
+        self.num_winoground = num_winoground
+        self.max_scenes = max_scenes
+        self.seed = seed
+        self.max_failures = max_failures
+        self.categories = tuple(categories)
+
+    # -- items ------------------------------------------------------------------------------------------------
+    def items(self, world: World) -> tuple[list[dict], list[dict]]:
+        source = SyntheticWorldSource(world, num_train=0, num_val=0, num_test=self.max_scenes)
+        rng = random.Random(f"synthetic-benchmark-{self.seed}")
+        crepe: list[dict] = []
+        wino: list[dict] = []
+        per_cat: dict[str, int] = defaultdict(int)
+        per_kind: dict[str, int] = defaultdict(int)
+        m = world.relation_margin
+        for i in range(self.max_scenes):
+            if all(per_cat[c] >= self.num_items for c in self.categories) and all(
+                per_kind[k] >= self.num_winoground for k in WINOGROUND_KINDS
+            ):
+                break
+            scene, _ = source.scene("test", i)
+            for cat in self.categories:
+                if per_cat[cat] >= self.num_items:
+                    continue
+                pos = positive_for_category(cat, scene, rng, world, prefer_heldout=per_cat[cat] % 2 == 0)
+                if pos is None:
+                    continue
+                neg = negative_claim(pos, cat, scene, rng, m)
+                if neg is None:
+                    continue
+                assert holds(pos, scene, m) and not holds(neg, scene, m)
+                heldout = mentions_heldout(pos, world) or mentions_heldout(neg, world)
+                crepe.append(
+                    {
+                        "category": cat,
+                        "scene": scene,
+                        "pos": pos.text(),
+                        "neg": neg.text(),
+                        "heldout": heldout,
+                    }
+                )
+                per_cat[cat] += 1
+            for kind in WINOGROUND_KINDS:
+                if per_kind[kind] < self.num_winoground and len(scene.objects) >= 2:
+                    item = self._winoground_item(kind, scene, rng, world)
+                    if item is not None:
+                        wino.append(item)
+                        per_kind[kind] += 1
+        return crepe, wino
+
+    @staticmethod
+    def _winoground_item(kind: str, scene: Scene, rng: random.Random, world: World) -> dict | None:
+        m = world.relation_margin
+        c0 = relation_claim(scene, rng, world, heldout_ok=True)
+        if c0 is None:
+            return None
+        objs = scene.objects
+        i = next(k for k, o in enumerate(objs) if Desc.of(o) == c0.a)
+        j = next(k for k, o in enumerate(objs) if Desc.of(o) == c0.b and k != i)
+        if kind == "swap_attributes":
+            if objs[i].color == objs[j].color:
+                return None
+            scene1 = swap_attribute(scene, i, j, "color")
+            c1 = Relation(replace(c0.a, color=c0.b.color), c0.rel, replace(c0.b, color=c0.a.color))
+        else:
+            scene1 = swap_attribute(swap_attribute(scene, i, j, "x"), i, j, "y")
+            c1 = Relation(c0.b, c0.rel, c0.a)
+        ok = (
+            holds(c0, scene, m)
+            and holds(c1, scene1, m)
+            and not holds(c0, scene1, m)
+            and not holds(c1, scene, m)
+        )
+        if not ok:
+            return None
+        return {"kind": kind, "scenes": (scene, scene1), "captions": (c0.text(), c1.text())}
+
+    # -- scoring ----------------------------------------------------------------------------------------------
+    def run(self, scorer: ClipScorer, *, context: dict[str, Any] | None = None) -> BenchmarkResult:
+        ctx_world, ctx_size = world_from_context(context)
+        world = self.world or ctx_world or World()
+        size = self.image_size or ctx_size or 48
+        crepe, wino = self.items(world)
+        metrics: dict[str, float] = {}
+        chance: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        failures: list[dict[str, Any]] = []
+
+        if crepe:
+            img = scorer.encode_images([render_scene(it["scene"], size) for it in crepe])
+            pos = scorer.encode_texts([it["pos"] for it in crepe])
+            neg = scorer.encode_texts([it["neg"] for it in crepe])
+            s_pos, s_neg = (img * pos).sum(-1), (img * neg).sum(-1)
+            correct = (s_pos > s_neg).tolist()
+            groups: dict[str, list[bool]] = defaultdict(list)
+            for it, ok, sp, sn in zip(crepe, correct, s_pos.tolist(), s_neg.tolist()):
+                groups[it["category"]].append(ok)
+                if it["heldout"]:
+                    groups[it["category"] + "-heldout"].append(ok)
+                if not ok and len(failures) < self.max_failures:
+                    failures.append(
+                        {
+                            "subset": it["category"],
+                            "positive": it["pos"],
+                            "negative": it["neg"],
+                            "score_pos": sp,
+                            "score_neg": sn,
+                            "image": render_scene(it["scene"], max(size, 96)),
+                        }
+                    )
+            order = [c for c in self.categories if c in groups] + [
+                f"{c}-heldout" for c in self.categories if f"{c}-heldout" in groups
+            ]
+            for g in order:
+                oks = groups[g]
+                metrics[f"{g}/acc"] = 100.0 * sum(oks) / len(oks)
+                chance[f"{g}/acc"] = 50.0
+                counts[g] = len(oks)
+            main = [metrics[f"{c}/acc"] for c in self.categories if f"{c}/acc" in metrics]
+            held = [metrics[f"{c}-heldout/acc"] for c in self.categories if f"{c}-heldout/acc" in metrics]
+            metrics["mean/acc"], chance["mean/acc"] = sum(main) / len(main), 50.0
+            if held:
+                metrics["heldout_mean/acc"], chance["heldout_mean/acc"] = sum(held) / len(held), 50.0
+
+        if wino:
+            images = [render_scene(s, size) for it in wino for s in it["scenes"]]
+            img = scorer.encode_images(images).view(len(wino), 2, -1)
+            txt = scorer.encode_texts([c for it in wino for c in it["captions"]]).view(len(wino), 2, -1)
+            s = torch.einsum("nid,ncd->nci", img, txt)  # s[n, caption, image]
+            text_ok = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+            image_ok = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+            group_ok = text_ok & image_ok
+            kinds = [it["kind"] for it in wino]
+            for sub in (*WINOGROUND_KINDS, "all"):
+                mask = torch.tensor([sub in ("all", k) for k in kinds])
+                if not mask.any():
+                    continue
+                name = "winoground" if sub == "all" else f"winoground-{sub}"
+                for metric, ok, ch in (
+                    ("text", text_ok, 25.0),
+                    ("image", image_ok, 25.0),
+                    ("group", group_ok, 100 / 6),
+                ):
+                    metrics[f"{name}/{metric}"] = 100.0 * ok[mask].float().mean().item()
+                    chance[f"{name}/{metric}"] = ch
+                counts[name] = int(mask.sum())
+        return BenchmarkResult(metrics=metrics, chance=chance, counts=counts, failures=failures)

@@ -1,0 +1,1 @@
+"""Data sources: each yields `Record`s per split (train / val / test)."""

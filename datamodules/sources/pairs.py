@@ -1,0 +1,134 @@
+"""Image-caption pairs from JSONL or CSV manifests (real data from day one).
+
+JSONL: one object per line, e.g. {"image": "imgs/0001.jpg", "caption": "a dog on a red sofa", "id": "0001"}.
+CSV: a header row with the same column names. Relative image paths resolve against `image_root` (default: the
+manifest's folder). Several rows may share one image (multi-caption retrieval groups them).
+Rows that cannot be used are skipped and counted with their reason (`skipped`), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from datamodules.records import Record
+from datamodules.sources.base import SPLITS, Source
+
+log = logging.getLogger(__name__)
+
+
+def _unit_hash(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+class PairsSource(Source):
+    """Args:
+    train_path / val_path / test_path: manifests (.jsonl or .csv); val/test are optional.
+    image_root: folder that relative image paths resolve against (default: each manifest's folder).
+    image_key / caption_key / id_key: column names.
+    check_images: verify at load time that every image file exists (skips and counts missing ones).
+    val_fraction: without val_path, this fraction of training *images* (by a hash of the path, so every caption
+        of an image lands on the same side) becomes the val split.
+    """
+
+    def __init__(
+        self,
+        train_path: str | None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        *,
+        val_fraction: float = 0.05,
+        image_root: str | None = None,
+        image_key: str = "image",
+        caption_key: str = "caption",
+        id_key: str = "id",
+        check_images: bool = True,
+    ) -> None:
+        self.paths = {"train": train_path, "val": val_path, "test": test_path}
+        for split, path in self.paths.items():
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"{split}_path: manifest not found: '{path}' (expected a .jsonl or .csv file with "
+                    f"'{image_key}' and '{caption_key}' columns)"
+                )
+            if path is not None and Path(path).suffix.lower() not in (".jsonl", ".json", ".csv"):
+                raise ValueError(f"{split}_path: unsupported manifest type '{path}'; use .jsonl or .csv")
+        if image_root is not None and not Path(image_root).is_dir():
+            raise FileNotFoundError(f"image_root: folder not found: '{image_root}'")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
+        self.image_root = image_root
+        self.keys = (image_key, caption_key, id_key)
+        self.check_images = check_images
+        self.skipped: dict[str, Counter] = {s: Counter() for s in SPLITS}
+        self._cache: dict[str, list[Record]] = {}
+
+    def _rows(self, path: Path):
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8", errors="strict") as f:
+                yield from ((i, row, None) for i, row in enumerate(csv.DictReader(f)))
+            return
+        with path.open("rb") as f:
+            for i, raw in enumerate(f):
+                if not raw.strip():
+                    continue
+                try:
+                    yield i, json.loads(raw.decode("utf-8")), None
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    yield i, None, f"bad_json_line ({type(e).__name__})"
+
+    def records(self, split: str) -> list[Record]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
+        if split in self._cache:
+            return self._cache[split]
+        if split in ("train", "val") and self.paths["val"] is None and self.val_fraction > 0:
+            rows = self._read(Path(self.paths["train"]), "train")
+            is_val = [_unit_hash(r.image_key) < self.val_fraction for r in rows]
+            self._cache["train"] = [r for r, v in zip(rows, is_val) if not v]
+            self._cache["val"] = [r for r, v in zip(rows, is_val) if v]
+            return self._cache[split]
+        path = self.paths[split]
+        if path is None:
+            return []
+        self._cache[split] = self._read(Path(path), split)
+        return self._cache[split]
+
+    def _read(self, path: Path, split: str) -> list[Record]:
+        root = Path(self.image_root) if self.image_root else path.parent
+        image_key, caption_key, id_key = self.keys
+        out: list[Record] = []
+        seen: set[str] = set()
+        skipped = self.skipped[split]
+        for i, row, err in self._rows(path):
+            if err:
+                skipped[err] += 1
+                continue
+            image, caption = row.get(image_key), row.get(caption_key)
+            if not isinstance(caption, str) or not caption.strip():
+                skipped["empty_caption"] += 1
+                continue
+            if not isinstance(image, str) or not image:
+                skipped["missing_image_field"] += 1
+                continue
+            img_path = Path(image) if Path(image).is_absolute() else root / image
+            if self.check_images and not img_path.is_file():
+                skipped["image_not_found"] += 1
+                continue
+            rid = str(row.get(id_key) or f"{path.stem}-{i}")
+            if rid in seen:
+                skipped["duplicate_id"] += 1
+                continue
+            seen.add(rid)
+            out.append(Record(id=rid, image=str(img_path), caption=caption.strip(), source="pair"))
+        if skipped:
+            log.warning("%s: skipped %d rows of %s: %s", split, sum(skipped.values()), path, dict(skipped))
+        return out
+
+    def describe(self) -> dict:
+        return {"type": "pairs", **{f"{k}_path": v for k, v in self.paths.items()}}

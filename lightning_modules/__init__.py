@@ -1,0 +1,1 @@
+"""The model side: model factory, CLIP LightningModule, losses, metrics."""

@@ -1,0 +1,179 @@
+"""The CLIP LightningModule: one `encode_image` and one `encode_text` call per step (positives and negatives
+together, FSDP1-safe), features handed to an injected loss that returns named `*_loss` terms.
+
+Shape legend: B positives, M image negatives, N text negatives, D embedding dim, I/T val images/texts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_modules.losses.base import LossInputs
+from lightning_modules.metrics import retrieval_recall
+from lightning_modules.model_factory import ModelSpec
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip convention: no weight decay on gains, biases, embeddings and the logit scale."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = (
+            p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n or "embedding" in n
+        )
+        (no_decay if exclude else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class ClipModule(L.LightningModule):
+    """Args:
+    model_spec: which open_clip model to build (in `configure_model`, so strategies can wrap it).
+    loss: a module mapping `LossInputs` to a dict of named terms.
+    optimizer: partial optimizer (params -> optimizer); weight decay taken from it for param groups.
+    scheduler: partial scheduler (optimizer, total_steps) -> LR scheduler stepped per step, or None.
+    max_logit_scale: clamp of the learned logit scale (ln 100 in CLIP).
+    run_config: the resolved run config (primitive dict) stored in the checkpoint so evaluate.py can rebuild.
+    """
+
+    def __init__(
+        self,
+        model_spec: ModelSpec,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        *,
+        max_logit_scale: float = math.log(100.0),
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({"run_config": run_config or {}, "max_logit_scale": max_logit_scale})
+        self.model_spec = model_spec
+        self.model: nn.Module | None = None
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.max_logit_scale = max_logit_scale
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
+        self._t_last: float | None = None
+
+    # -- model ------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = self.model_spec.build()
+
+    def encode(
+        self, images: torch.Tensor, texts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        img = F.normalize(self.model.encode_image(images), dim=-1)
+        txt = F.normalize(self.model.encode_text(texts), dim=-1)
+        return img, txt, self.model.logit_scale.exp()
+
+    def loss_inputs(self, batch: dict[str, Any]) -> LossInputs:
+        img, txt, scale = self.encode(batch["images"], batch["texts"])
+        b = batch["num_pos"]
+        return LossInputs(
+            img_BD=img[:b],
+            txt_BD=txt[:b],
+            logit_scale=scale,
+            img_neg_MD=img[b:],
+            txt_neg_ND=txt[b:],
+            img_neg_owner_M=batch["img_neg_owner"],
+            txt_neg_owner_N=batch["txt_neg_owner"],
+            img_neg_kind=batch["img_neg_kind"],
+            txt_neg_kind=batch["txt_neg_kind"],
+        )
+
+    def compute_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms = self.loss(x)
+        loss_terms = [v for k, v in terms.items() if k.endswith("_loss")]
+        if not loss_terms:
+            raise ValueError(f"loss returned no '*_loss' term (got {sorted(terms)})")
+        return torch.stack(loss_terms).sum(), terms
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x = self.loss_inputs(batch)
+        total, terms = self.compute_loss(x)
+        b = batch["num_pos"]
+        log = {f"train/{k}": v.detach() for k, v in terms.items()}
+        log["train/loss"] = total.detach()
+        log["train/logit_scale"] = x.logit_scale.detach()
+        log["train/num_txt_neg"] = float(batch["texts"].shape[0] - b)
+        log["train/num_img_neg"] = float(batch["images"].shape[0] - b)
+        self.log_dict(log, prog_bar=False, batch_size=b)
+        self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
+        return total
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_last is not None:
+            global_batch = batch["num_pos"] * self.trainer.world_size
+            self.log("train/samples_per_second", global_batch / max(now - self._t_last, 1e-9), batch_size=1)
+        self._t_last = now
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, self.max_logit_scale)
+
+    def on_validation_epoch_start(self) -> None:
+        self._t_last = None  # validation time is not training throughput
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        x = self.loss_inputs(batch)
+        total, _ = self.compute_loss(x)
+        self.log(f"{split}/loss", total, sync_dist=True, batch_size=batch["num_pos"])
+        self._val_outputs.append((x.img_BD.float(), x.txt_BD.float(), list(batch["image_keys"])))
+
+    def on_validation_epoch_end(self) -> None:
+        self._retrieval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._retrieval_epoch_end("test")
+
+    def _retrieval_epoch_end(self, split: str) -> None:
+        if not self._val_outputs:
+            return
+        img = torch.cat([o[0] for o in self._val_outputs])
+        txt = torch.cat([o[1] for o in self._val_outputs])
+        keys = [k for o in self._val_outputs for k in o[2]]
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:
+            # Every rank holds the same number of items (the distributed sampler pads by repeating samples).
+            img = self.all_gather(img).flatten(0, 1)
+            txt = self.all_gather(txt).flatten(0, 1)
+            all_keys: list[list[str]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(all_keys, keys)
+            keys = [k for ks in all_keys for k in ks]
+        index: dict[str, int] = {}
+        txt_img = torch.tensor([index.setdefault(k, len(index)) for k in keys], device=img.device)
+        first = torch.tensor([keys.index(k) for k in index], device=img.device)
+        metrics = retrieval_recall(img[first], txt, txt_img)
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+
+    # -- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        probe = self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))])
+        wd = probe.defaults.get("weight_decay", 0.0)
+        opt = self.optimizer_factory(params=param_groups(self.model, wd))
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(
+            optimizer=opt, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,109 @@
+"""open_clip model factory: any built-in architecture by name, weights by `pretrained` tag or local file, and the
+tiny architectures shipped in `model_configs/` (tiny-vit, tiny-rn) for CPU runs and tests.
+
+    spec = ModelSpec(name="tiny-vit")                 # random init, offline
+    spec = ModelSpec(name="ViT-B-32", pretrained="openai")            # tag (needs the hub / a warm cache)
+    spec = ModelSpec(name="ViT-B-32", pretrained="/ckpt/open_clip.safetensors", quick_gelu=True)
+    model, tokenizer, transform = spec.build(), spec.tokenizer(), spec.image_transform()
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+_TOWER_ERR = "model.name: unknown open_clip architecture '{}'. Tiny configs: {}. Built-in examples: {} ..."
+
+
+@dataclass
+class ModelSpec:
+    """Args:
+    name: open_clip architecture (e.g. ViT-B-32, RN50, convnext_base) or a tiny one (tiny-vit, tiny-rn).
+    pretrained: None (random init), an open_clip tag (e.g. 'openai', 'laion2b_s34b_b79k'), or a local file.
+    quick_gelu: 'auto' (True for the 'openai' tag and '-quickgelu' names), or an explicit bool. OpenAI-derived
+        fine-tuned checkpoints loaded by path need quick_gelu=True or every score shifts.
+    config_file: an extra open_clip JSON architecture to register before building (name = file stem).
+    cache_dir: where pretrained tags are cached.
+    model_kwargs: extra open_clip.create_model keyword arguments (e.g. force_image_size).
+    """
+
+    name: str = "tiny-vit"
+    pretrained: str | None = None
+    quick_gelu: bool | str = "auto"
+    config_file: str | None = None
+    cache_dir: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.config_file is not None:
+            path = Path(self.config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"model.config_file: not found: '{path}'")
+            open_clip.add_model_config(path)
+        if open_clip.get_model_config(self.name) is None:
+            tiny = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+            raise ValueError(_TOWER_ERR.format(self.name, tiny, open_clip.list_models()[:8]))
+        if self.quick_gelu not in ("auto", True, False):
+            raise ValueError(f"model.quick_gelu must be 'auto', true or false, got {self.quick_gelu!r}")
+
+    @property
+    def force_quick_gelu(self) -> bool:
+        if self.quick_gelu == "auto":
+            return self.pretrained == "openai" or self.name.endswith("-quickgelu")
+        return bool(self.quick_gelu)
+
+    @property
+    def config(self) -> dict:
+        return open_clip.get_model_config(self.name)
+
+    @property
+    def image_size(self) -> int:
+        size = self.model_kwargs.get("force_image_size") or self.config["vision_cfg"]["image_size"]
+        return size if isinstance(size, int) else size[0]
+
+    def build(self) -> torch.nn.Module:
+        pretrained = self.pretrained
+        if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"model.pretrained: weights file not found: '{pretrained}'")
+        model = open_clip.create_model(
+            self.name,
+            pretrained=pretrained,
+            force_quick_gelu=self.force_quick_gelu,
+            cache_dir=self.cache_dir,
+            **self.model_kwargs,
+        )
+        log.info(
+            "built open_clip %s (pretrained=%s, quick_gelu=%s)", self.name, pretrained, self.force_quick_gelu
+        )
+        return model
+
+    def tokenizer(self):
+        return open_clip.get_tokenizer(self.name)
+
+    def image_transform(self, train: bool = False):
+        """The model's preprocessing. No horizontal flip ever: it would turn 'left of' into 'right of'."""
+        pp: dict = dict(self.config.get("preprocess_cfg", {}))
+        if self.pretrained and not Path(self.pretrained).suffix:
+            pp.update(
+                {
+                    k: v
+                    for k, v in open_clip.get_pretrained_cfg(self.name, self.pretrained).items()
+                    if k in ("mean", "std")
+                }
+            )
+        mean = pp.get("mean") or open_clip.OPENAI_DATASET_MEAN
+        std = pp.get("std") or open_clip.OPENAI_DATASET_STD
+        return open_clip.image_transform(self.image_size, is_train=train, mean=mean, std=std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

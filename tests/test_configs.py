@@ -1,0 +1,136 @@
+"""Every option of every config group composes and instantiates (catches `_target_` rot)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, cuda_available
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    for group in (
+        "data",
+        "model",
+        "loss",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+        "hydra",
+        "experiment",
+        "debug",
+        "benchmark",
+    ):
+        assert options(group), group
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options(cfg_factory, option):
+    overrides = [f"model={option}"] + (["model.name=RN50"] if option == "open_clip" else [])
+    spec = instantiate(cfg_factory(*overrides).model)
+    if spec.name.startswith("tiny"):
+        assert spec.build() is not None
+    assert spec.image_size > 0 and spec.tokenizer() is not None
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options(cfg_factory, option, pairs_manifest):
+    overrides = [f"data={option}"]
+    if option == "pairs":
+        overrides = [f"data={option}", f"data.source.train_path={pairs_manifest}"]
+    cfg = cfg_factory(*overrides, tiny=option == "synthetic")
+    dm = instantiate(cfg.data, image_transform=lambda x: x, tokenizer=lambda x: x)
+    assert dm.source.records("train")
+
+
+@pytest.mark.parametrize("group", ["loss", "optimizer", "scheduler"])
+def test_loss_optimizer_scheduler_options(cfg_factory, group):
+    for option in options(group):
+        node = instantiate(cfg_factory(f"{group}={option}")[group])
+        if group == "loss":
+            assert isinstance(node, torch.nn.Module)
+        elif group == "optimizer":
+            opt = node(params=[torch.nn.Parameter(torch.zeros(2))])
+            assert isinstance(opt, torch.optim.Optimizer)
+        else:
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+            sched = node(optimizer=opt, total_steps=100)
+            assert sched.get_last_lr()
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options(cfg_factory, option):
+    cfg = cfg_factory(f"trainer={option}")
+    if cfg.trainer.accelerator == "gpu" and not cuda_available():
+        pytest.skip("GPU trainer needs CUDA (run with -m gpu on a GPU machine)")
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options(cfg_factory, option, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = cfg_factory(f"logger={option}")
+    loggers = [instantiate(v) for v in (cfg.logger or {}).values()]
+    for lg in loggers:
+        lg.log_hyperparams({"x": 1})
+    assert (option == "none") == (not loggers)
+    if option == "wandb":
+        assert cfg.logger.wandb.mode == "disabled"  # taken from the environment
+        import wandb
+
+        wandb.finish()
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callback_options(cfg_factory, option):
+    cbs = [instantiate(v) for v in (cfg_factory(f"callbacks={option}").callbacks or {}).values()]
+    assert (option == "none") == (not cbs)
+
+
+@pytest.mark.parametrize("option", options("benchmark"))
+def test_benchmark_options(cfg_factory, option):
+    cfg = cfg_factory(f"benchmark=[{option}]")
+    benches = {k: instantiate(v) for k, v in cfg.benchmark.items()}
+    assert benches and all(hasattr(b, "run") for b in benches.values())
+
+
+@pytest.mark.parametrize("option", options("experiment") + options("debug"))
+def test_experiment_and_debug_options_compose(cfg_factory, option):
+    group = "experiment" if option in options("experiment") else "debug"
+    cfg = cfg_factory(f"{group}={option}")
+    assert OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_hydra_and_paths_run_dirs_unique_to_microsecond():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True)
+    run = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
+    assert run.endswith("${now:%Y-%m-%d_%H-%M-%S-%f}") and "%f" in sweep["dir"]
+    assert sweep["subdir"] == "${hydra.job.num}"
+    assert OmegaConf.to_container(cfg.paths)["output_dir"] == "${hydra:runtime.output_dir}"
+
+
+def test_evaluate_config_composes(cfg_factory):
+    cfg = cfg_factory("ckpt_path=x.ckpt", config_name="evaluate")
+    assert cfg.ckpt_path == "x.ckpt" and "synthetic" in cfg.benchmark
+
+
+def test_struct_mode_rejects_typos(cfg_factory):
+    from omegaconf.errors import ConfigAttributeError
+
+    cfg = cfg_factory()
+    with pytest.raises(ConfigAttributeError):
+        _ = cfg.data.batchsize
+    assert Path(CONF / "train.yaml").is_file()

@@ -1,0 +1,149 @@
+"""End-to-end: fast_dev_run, train -> evaluate parity, multirun, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from evaluate import evaluate
+from tests.conftest import ROOT, TINY
+from train import train
+
+
+def test_fast_dev_run_writes_run_outputs(cfg_factory, tmp_path):
+    metrics = train(cfg_factory("debug=fdr"))
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    assert "train/contrastive_loss" in saved and "val/i2t_r1" in saved and "test/t2i_r1" in saved
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert "synthetic/swap_objects/acc" in results and "synthetic/winoground/group" in results
+    assert all(k.count("/") == 2 for k in results)
+    assert (tmp_path / "eval" / "results.csv").is_file() and "chance" in (
+        tmp_path / "eval" / "results.md"
+    ).read_text()
+    # The resolved config has no interpolations left.
+    assert "${" not in (tmp_path / ".hydra" / "config.yaml").read_text()
+
+
+def test_train_evaluate_parity(cfg_factory, tmp_path):
+    cfg = cfg_factory("trainer.max_steps=6", "trainer.val_check_interval=3", "callbacks=none", "logger=none")
+    metrics = train(cfg)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    # Loads with the safe unpickler (primitive hyperparameters only).
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert (
+        state["global_step"] == 6 and state["hyper_parameters"]["run_config"]["model"]["name"] == "tiny-vit"
+    )
+    eval_cfg = cfg_factory(
+        f"ckpt_path={ckpt}",
+        "benchmark.synthetic.num_items=24",
+        "benchmark.synthetic.num_winoground=12",
+        config_name="evaluate",
+    )
+    eval_cfg.paths.output_dir = str(tmp_path / "evaluation")
+    results = evaluate(eval_cfg)
+    trained = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
+    assert trained and set(trained) == set(results)
+    for k, v in results.items():
+        assert v == pytest.approx(trained[k], abs=1e-9), k
+    assert json.loads((tmp_path / "evaluation" / "results.json").read_text()) == pytest.approx(results)
+
+
+def test_training_learns_on_synthetic_world(cfg_factory):
+    """A short CPU run must beat chance on retrieval by a wide margin (a run that learns nothing is a bug)."""
+    cfg = cfg_factory(
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=60",
+        "data.source.num_train=2000",
+        "data.source.num_val=128",
+        "data.batch_size=32",
+        "optimizer.lr=1e-3",
+        "scheduler.warmup_steps=5",
+        "callbacks=none",
+        "logger=none",
+        "evaluate_after=false",
+    )
+    metrics = train(cfg)
+    chance_r1 = 100.0 / 128
+    assert metrics["val/t2i_r1"] > 4 * chance_r1 and metrics["val/i2t_r1"] > 4 * chance_r1, metrics
+    assert metrics["train/contrastive_loss"] < 3.2  # ln(32) = 3.47 at init
+
+
+def _run(args, cwd, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return p, time.perf_counter() - t0
+
+
+def test_multirun_one_run_dir_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    p, _ = _run(
+        [
+            str(ROOT / "train.py"),
+            "-m",
+            "seed=0,1",
+            "debug=fdr",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+            "evaluate_after=false",
+        ],
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = sorted(d.name for d in sweep.iterdir() if d.is_dir() and d.name.isdigit())
+    assert runs == ["0", "1"]
+    seeds = [json.loads((sweep / r / "metrics.json").read_text()) for r in runs]
+    assert seeds[0] != seeds[1]
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["data.batchsize=3"], "Key 'batchsize' is not in struct"),
+        (["model=vit_nope"], "Could not find 'model/vit_nope'"),
+        (["data=pairs"], "full_key: data.source.train_path"),
+        (
+            ["data=pairs", "data.source.train_path=/no/such/train.jsonl"],
+            "train_path: manifest not found: '/no/such/train.jsonl'",
+        ),
+    ],
+)
+def test_bad_config_fails_fast_and_names_the_key(tmp_path, args, expected):
+    p, seconds = _run([str(ROOT / "train.py"), *args, f"paths.log_dir={tmp_path}"], cwd=tmp_path, timeout=120)
+    assert p.returncode != 0
+    assert expected in p.stderr + p.stdout, (p.stderr + p.stdout)[-2000:]
+    assert seconds < 60
+    if "model/vit_nope" in expected:
+        assert "tiny_vit" in p.stderr  # the valid choices are listed
+
+
+@pytest.mark.slow
+def test_ddp_sim_two_cpu_processes(cfg_factory, tmp_path):
+    metrics = train(
+        cfg_factory(
+            "trainer=ddp_sim",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "callbacks=none",
+            "logger=none",
+            "evaluate_after=false",
+        )
+    )
+    assert "val/i2t_r1" in metrics and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment):
+    metrics = train(cfg_factory(f"experiment={experiment}", "debug=fdr"))
+    assert "train/loss" in metrics
