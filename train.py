@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.benchmarks.base import ClipScorer
 from evaluate import instantiate_benchmarks, markdown_table, resolve_device, run_benchmarks
 from lightning_modules.clip_module import ClipModule
+from lightning_modules.losses.base import LossSum
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     )
     module = ClipModule(
         spec,
-        instantiate(cfg.loss),
+        LossSum({name: instantiate(node) for name, node in (cfg.get("loss") or {}).items() if node is not None}),
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         run_config=run_cfg,

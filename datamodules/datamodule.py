@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -50,7 +50,10 @@ class ClipDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         negs = negatives or {}
-        self.negatives = list(negs.values()) if isinstance(negs, dict) else list(negs)
+        self.negatives = [g for g in (negs.values() if isinstance(negs, Mapping) else negs) if g is not None]
+        for gen in self.negatives:
+            gen.leak_filter = getattr(source, "leaks", None)
+            gen.vocabulary = getattr(source, "vocabulary", None)
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.seed = seed
@@ -85,8 +88,21 @@ class ClipDataModule(L.LightningDataModule):
             log.info("%s split: %d records", split, len(records))
         return self.datasets[split]
 
+    def fill_caches(self) -> None:
+        """Fills the caches of expensive generators ahead of training: each rank its share, then a barrier."""
+        ahead = [g for g in self.negatives if getattr(g, "fill_policy", None) == "ahead"]
+        if not ahead:
+            return
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        records = self.source.records("train")
+        for gen in ahead:
+            gen.fill(records, seed=self.seed, rank=rank, world_size=self.world_size)
+        if self.trainer is not None:
+            self.trainer.strategy.barrier("fill_caches")
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
+            self.fill_caches()
             self.dataset("train")
             self.dataset("val")
         if stage in (None, "test"):

@@ -21,7 +21,7 @@ class ClipDataset(Dataset):
     image_transform: PIL image -> tensor [C, H, W] (the model's preprocessing).
     tokenizer: list[str] -> LongTensor [n, L] (the model's tokenizer).
     negatives: hard-negative generators, each `__call__(record, image, rng) -> list[Negative]`.
-    seed: base seed; sample i uses a RNG seeded by (seed, epoch, i), so negatives are reproducible.
+    seed: base seed; each (generator, record) gets an RNG seeded by (seed, generator name, record id).
     """
 
     def __init__(
@@ -43,13 +43,9 @@ class ClipDataset(Dataset):
         self.tokenizer = tokenizer
         self.negatives = list(negatives)
         self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.records)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
@@ -66,13 +62,21 @@ class ClipDataset(Dataset):
             "neg_texts": [],
         }
         if self.negatives:
-            rng = random.Random(f"{self.seed}-{self.epoch}-{i}")
+            stats: dict[str, int] = {}
             for gen in self.negatives:
+                # One RNG per (seed, generator, record): negatives do not depend on worker assignment or on
+                # which other generators are on.
+                rng = random.Random(f"{self.seed}-{gen.name}-{rec.id}")
+                offset = len(sample["neg_texts"])
                 for neg in gen(rec, image, rng):
                     if neg.modality == "text":
                         sample["neg_texts"].append((self.tokenizer([neg.payload])[0], neg.kind))
                     else:
-                        sample["neg_images"].append((self.image_transform(neg.payload), neg.kind))
+                        pair = -1 if neg.pair is None else offset + neg.pair
+                        sample["neg_images"].append((self.image_transform(neg.payload), neg.kind, pair))
+                for k, v in gen.pop_stats().items():
+                    stats[k] = stats.get(k, 0) + v
+            sample["gen_stats"] = stats
         return sample
 
 
@@ -81,28 +85,37 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
     images [B+M, C, H, W]: B positives, then M image negatives; `img_neg_owner` [M] gives each one's positive.
     texts  [B+N, L]:       B positives, then N text negatives; `txt_neg_owner` [N], `txt_neg_kind` (N strings).
+    `img_neg_pair` [M]: for I'_C made to match a T'_C, the index of that text negative among the N; -1 otherwise.
     `num_pos` = B. Samples with fewer negatives simply own fewer columns (owner indices are the validity mask).
+    `gen_stats`: generator counters (cache hits/misses, calls, masked slots) summed over the batch.
     """
     images = [s["image"] for s in samples]
     texts = [s["text"] for s in samples]
-    img_owner, img_kind, txt_owner, txt_kind = [], [], [], []
+    img_owner, img_kind, img_pair, txt_owner, txt_kind = [], [], [], [], []
+    stats: dict[str, int] = {}
     for b, s in enumerate(samples):
-        for t, kind in s["neg_images"]:
+        txt_offset = len(txt_owner)
+        for t, kind, pair in s["neg_images"]:
             images.append(t)
             img_owner.append(b)
             img_kind.append(kind)
+            img_pair.append(-1 if pair < 0 else txt_offset + pair)
         for t, kind in s["neg_texts"]:
             texts.append(t)
             txt_owner.append(b)
             txt_kind.append(kind)
+        for k, v in s.get("gen_stats", {}).items():
+            stats[k] = stats.get(k, 0) + v
     return {
         "images": torch.stack(images),
         "texts": torch.stack(texts),
         "num_pos": len(samples),
         "img_neg_owner": torch.tensor(img_owner, dtype=torch.long),
         "img_neg_kind": img_kind,
+        "img_neg_pair": torch.tensor(img_pair, dtype=torch.long),
         "txt_neg_owner": torch.tensor(txt_owner, dtype=torch.long),
         "txt_neg_kind": txt_kind,
         "ids": [s["id"] for s in samples],
         "image_keys": [s["image_key"] for s in samples],
+        "gen_stats": stats,
     }

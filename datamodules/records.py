@@ -61,13 +61,18 @@ class Record:
 
 @dataclass
 class Negative:
-    """A hard negative of one sample (the owner). `payload` is a caption (text) or a PIL image (image)."""
+    """A hard negative of one sample (the owner). `payload` is a caption (text) or a PIL image (image).
+
+    `pair`: for an image negative made to match a text negative of the same sample (I'_C for T'_C), the index of
+    that text negative among the sample's text negatives; None otherwise.
+    """
 
     modality: Literal["text", "image"]
     kind: str  # e.g. "structure/trigram_shuffle", "compositional/color"
     payload: Any
     generator: str
     version: str
+    pair: int | None = None
 
 
 def load_image(image: str | bytes | ImageRef | Path) -> Image.Image:

@@ -87,6 +87,7 @@ class ClipModule(L.LightningModule):
             img_neg_MD=img[b:],
             txt_neg_ND=txt[b:],
             img_neg_owner_M=batch["img_neg_owner"],
+            img_neg_pair_M=batch["img_neg_pair"],
             txt_neg_owner_N=batch["txt_neg_owner"],
             img_neg_kind=batch["img_neg_kind"],
             txt_neg_kind=batch["txt_neg_kind"],
@@ -105,6 +106,8 @@ class ClipModule(L.LightningModule):
         total, terms = self.compute_loss(x)
         b = batch["num_pos"]
         log = {f"train/{k}": v.detach() for k, v in terms.items()}
+        # Generator counters (cache hit/miss, generator calls, masked slots) of this rank's batch.
+        log.update({f"train/gen/{k}": float(v) for k, v in batch.get("gen_stats", {}).items()})
         log["train/loss"] = total.detach()
         log["train/logit_scale"] = x.logit_scale.detach()
         log["train/num_txt_neg"] = float(batch["texts"].shape[0] - b)

@@ -53,13 +53,38 @@ def test_data_options(cfg_factory, option, pairs_manifest):
     assert dm.source.records("train")
 
 
-@pytest.mark.parametrize("group", ["loss", "optimizer", "scheduler"])
-def test_loss_optimizer_scheduler_options(cfg_factory, group):
+@pytest.mark.parametrize("option", options("loss"))
+def test_loss_options(cfg_factory, option):
+    from lightning_modules.losses.base import LossInputs, LossSum
+
+    cfg = cfg_factory(f"loss=[{option}]")
+    loss = LossSum({k: instantiate(v) for k, v in cfg.loss.items()})
+    g = torch.Generator().manual_seed(0)
+    f = lambda n: torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=-1)  # noqa: E731
+    x = LossInputs(
+        img_BD=f(4), txt_BD=f(4), logit_scale=torch.tensor(10.0), img_neg_MD=f(2), txt_neg_ND=f(3),
+        img_neg_owner_M=torch.tensor([0, 2]), txt_neg_owner_N=torch.tensor([0, 1, 2]),
+        img_neg_pair_M=torch.tensor([0, -1]), img_neg_kind=["compositional/color", "structure/patch_shuffle"],
+        txt_neg_kind=["compositional/color", "structure/trigram_shuffle", "compositional/position"],
+    )
+    out = loss(x)
+    terms = [k for k in out if k.endswith("_loss")]
+    assert terms and all(torch.isfinite(out[k]) and out[k] > 0 for k in terms), out
+
+
+@pytest.mark.parametrize("option", options("negatives"))
+def test_negatives_options(cfg_factory, option, tiny_llm_dir):
+    extra = [f"data.negatives.llm_rewriter.model={tiny_llm_dir}"] if option == "llm_rewriter" else []
+    cfg = cfg_factory(f"negatives=[{option}]", *extra)
+    gens = [instantiate(v) for v in cfg.data.negatives.values()]
+    assert gens and all(callable(g) and g.name for g in gens)
+
+
+@pytest.mark.parametrize("group", ["optimizer", "scheduler"])
+def test_optimizer_scheduler_options(cfg_factory, group):
     for option in options(group):
         node = instantiate(cfg_factory(f"{group}={option}")[group])
-        if group == "loss":
-            assert isinstance(node, torch.nn.Module)
-        elif group == "optimizer":
+        if group == "optimizer":
             opt = node(params=[torch.nn.Parameter(torch.zeros(2))])
             assert isinstance(opt, torch.optim.Optimizer)
         else:

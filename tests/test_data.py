@@ -6,6 +6,7 @@ import torch
 
 from datamodules.datamodule import ClipDataModule
 from datamodules.dataset import ClipDataset, collate
+from datamodules.negatives.base import NegativeGenerator
 from datamodules.records import Negative, Record
 from datamodules.sources.pairs import PairsSource
 from datamodules.sources.synthetic import SyntheticWorldSource
@@ -65,7 +66,7 @@ def test_collate_places_negatives_after_positives():
             "image": torch.full((3, 4, 4), float(i)),
             "text": torch.full((5,), i),
             "neg_texts": [(torch.full((5,), 100 + i), "compositional/color")] * n_txt,
-            "neg_images": [(torch.full((3, 4, 4), 100.0 + i), "structure/patch_shuffle")] * n_img,
+            "neg_images": [(torch.full((3, 4, 4), 100.0 + i), "structure/patch_shuffle", 0 if n_txt else -1)] * n_img,
         }
 
     b = collate([sample(0, 2, 0), sample(1, 0, 1), sample(2, 1, 1)])
@@ -77,11 +78,16 @@ def test_collate_places_negatives_after_positives():
         102.0,
     ]
     assert b["txt_neg_kind"] == ["compositional/color"] * 3
+    # sample 2's image negative pairs with its own first text negative, which is text negative #2 of the batch
+    assert b["img_neg_pair"].tolist() == [-1, 2]
 
 
 def test_dataset_applies_negative_generators(spec):
-    class Upper:
+    class Upper(NegativeGenerator):
+        name = "upper"
+
         def __call__(self, record, image, rng):
+            self.stats["calls"] += 1
             return [
                 Negative("text", "test/upper", record.caption.upper() + f" {rng.randint(0, 9)}", "upper", "1")
             ]
@@ -90,6 +96,7 @@ def test_dataset_applies_negative_generators(spec):
     ds = ClipDataset(recs, spec.image_transform(), spec.tokenizer(), negatives=[Upper()], seed=1)
     s1, s2 = ds[0], ds[0]
     assert len(s1["neg_texts"]) == 1 and torch.equal(s1["neg_texts"][0][0], s2["neg_texts"][0][0])
+    assert s1["gen_stats"] == {"upper/calls": 1}
 
 
 def test_dataset_rejects_records_without_caption(spec):

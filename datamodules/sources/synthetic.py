@@ -16,9 +16,9 @@ from PIL import Image
 
 from datamodules.records import Record
 from datamodules.sources.base import SPLITS, Source
-from datamodules.world.claims import caption_claim, mentions_heldout, relation_claim
+from datamodules.world.claims import caption_claim, mentions_heldout, parse_claim, relation_claim
 from datamodules.world.render import render_scene
-from datamodules.world.scene import Scene, World
+from datamodules.world.scene import COLORS, SHAPES, SIZES, Scene, World
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,19 @@ class SyntheticWorldSource(Source):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
         return [self.make_record(split, i) for i in range(self.sizes[split])]
+
+    @property
+    def vocabulary(self) -> dict[str, list[str]]:
+        """The world's closed vocabulary: rule-based negatives draw replacement words from it."""
+        return {"colors": list(COLORS), "sizes": list(SIZES), "objects": list(SHAPES)}
+
+    def leaks(self, text: str) -> bool:
+        """True if `text` names a held-out composition (negative generators must not show it in training)."""
+        claim = parse_claim(text)
+        if claim is not None:
+            return mentions_heldout(claim, self.world)
+        low = text.lower()
+        return any(f"{c} {s}" in low for c, s in self.world.heldout_pairs)
 
     def describe(self) -> dict:
         return {"type": "synthetic", "world_seed": self.world.seed, **self.sizes}

@@ -305,3 +305,57 @@ __all__ = [
     "negative_claim",
     "positive_for_category",
 ]
+
+
+# -- parsing (the renderer editor reads negative captions back into claims) ----------------------------------------
+_ARTICLES = ("a ", "an ")
+_WORD_NUM = {v: k for k, v in NUMBERS.items()}
+
+
+def _parse_desc(words: list[str], plural: bool = False) -> Desc | None:
+    if not words:
+        return None
+    *mods, shape = words
+    if plural:
+        shape = shape[:-2] if shape.endswith("sses") or shape.endswith("xes") else shape[:-1]
+    if shape not in SHAPES:
+        return None
+    size = color = None
+    for w in mods:
+        if w in SIZES and size is None and color is None:
+            size = w
+        elif w in COLORS and color is None:
+            color = w
+        else:
+            return None
+    return Desc(shape, color, size)
+
+
+def _parse_np(text: str) -> Desc | None:
+    text = text.strip()
+    for art in _ARTICLES:
+        if text.startswith(art):
+            return _parse_desc(text[len(art) :].split())
+    return None
+
+
+def parse_claim(text: str) -> Claim | None:
+    """Inverse of `Claim.text()` for the world's grammar; None for any other sentence."""
+    text = " ".join(text.lower().split())
+    if " and no " in text:
+        left, right = text.split(" and no ", 1)
+        pos, neg = _parse_np(left), _parse_desc(right.split())
+        return Negation(pos, neg) if pos and neg else None
+    for rel, phrase in RELATION_TEXT.items():
+        if f" {phrase} " in text:
+            left, right = text.split(f" {phrase} ", 1)
+            a, b = _parse_np(left), _parse_np(right)
+            return Relation(a, rel, b) if a and b else None
+    first = text.split(" ", 1)[0]
+    if first in _WORD_NUM:
+        n = _WORD_NUM[first]
+        d = _parse_desc(text.split()[1:], plural=n > 1)
+        return Count(d, n) if d else None
+    parts = [p for chunk in text.split(", ") for p in chunk.split(" and ")]
+    descs = [_parse_np(p) for p in parts]
+    return Exists(tuple(descs)) if descs and all(descs) else None

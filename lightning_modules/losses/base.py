@@ -19,6 +19,7 @@ class LossInputs:
     img_neg_MD: torch.Tensor | None = None
     txt_neg_ND: torch.Tensor | None = None
     img_neg_owner_M: torch.Tensor | None = None
+    img_neg_pair_M: torch.Tensor | None = None  # index of the paired text negative (I'_C of T'_C), -1 if none
     txt_neg_owner_N: torch.Tensor | None = None
     img_neg_kind: list[str] = field(default_factory=list)
     txt_neg_kind: list[str] = field(default_factory=list)
@@ -40,3 +41,40 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if ws == 1:
         return x
     return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+
+
+def gather_padded(x_ND: torch.Tensor) -> torch.Tensor:
+    """All-gathers a variable number of rows per rank (padded to the largest, padding dropped), with gradients."""
+    _, ws = world()
+    if ws == 1:
+        return x_ND
+    n = torch.tensor([x_ND.shape[0]], device=x_ND.device)
+    sizes = [torch.zeros_like(n) for _ in range(ws)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    m = max(sizes)
+    if m == 0:
+        return x_ND
+    pad = x_ND.new_zeros((m - x_ND.shape[0], *x_ND.shape[1:]))
+    parts = dist_fn.all_gather(torch.cat([x_ND, pad]).contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+class LossSum(torch.nn.Module):
+    """The configured loss terms (`loss=[contrastive,hardneg_text,...]`): their outputs merged into one dict.
+    The module sums every `*_loss` entry; other entries (counts, diagnostics) are only logged."""
+
+    def __init__(self, terms: dict[str, torch.nn.Module]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("loss: no loss term configured (e.g. loss=[contrastive])")
+        self.terms = torch.nn.ModuleDict(terms)
+
+    def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for key, term in self.terms.items():
+            for k, v in term(x).items():
+                if k in out:
+                    raise ValueError(f"loss.{key}: output '{k}' produced by two terms; give them different names")
+                out[k] = v
+        return out

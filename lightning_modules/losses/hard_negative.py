@@ -1,0 +1,127 @@
+"""Hard-negative terms.
+
+`HardNegativeText` (NegCLIP columns): each image scores all positive captions of the (global) batch plus the hard
+negative captions; cross-entropy towards its own caption. `mode: per_sample` instead scores each image against
+only its own caption and its own K negatives ((1+K)-way). `HardNegativeImage` is the mirror: each caption scores
+all positive images plus the hard-negative images. `kinds` selects negatives by kind prefix (e.g.
+`["structure/"]`); `role: positive` turns the selected negatives into extra positives (invariance): each one must
+beat all *other* positives of the batch in place of its owner's positive.
+
+Distributed: positives are gathered with gradients; in `columns` mode negatives are gathered too (padded to the
+largest rank, padding masked), so 2 ranks give the same gradients as one process with the global batch.
+Shape legend: B local positives, G global positives, N selected negatives (local), N' (global), D dim.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_modules.losses.base import LossInputs, gather_padded, gather_with_grad, world
+
+
+def select(kinds: list[str], neg_kind: list[str], prefixes: list[str] | None) -> torch.Tensor:
+    """Boolean mask over negatives whose kind starts with any prefix (all when prefixes is None)."""
+    if prefixes is None:
+        return torch.ones(len(neg_kind), dtype=torch.bool)
+    return torch.tensor([any(k.startswith(p) for p in prefixes) for k in neg_kind], dtype=torch.bool)
+
+
+def _hard_negative_term(
+    anchor_BD: torch.Tensor,
+    pos_BD: torch.Tensor,
+    neg_ND: torch.Tensor,
+    owner_N: torch.Tensor,
+    scale: torch.Tensor,
+    mode: str,
+    role: str,
+) -> torch.Tensor:
+    rank, _ = world()
+    b = anchor_BD.shape[0]
+    anchor_BD, pos_BD, neg_ND, scale = anchor_BD.float(), pos_BD.float(), neg_ND.float(), scale.float()
+    if role == "positive":
+        # Each selected "negative" replaces its owner's positive among all gathered positives.
+        all_pos_GD = gather_with_grad(pos_BD)
+        if neg_ND.shape[0] == 0:
+            return (anchor_BD.sum() + all_pos_GD.sum()) * 0.0
+        a_ND = anchor_BD[owner_N]
+        logits_NG = scale * a_ND @ all_pos_GD.T
+        target_N = owner_N + rank * b
+        logits_NG = logits_NG.scatter(1, target_N[:, None], scale * (a_ND * neg_ND).sum(-1, keepdim=True))
+        return F.cross_entropy(logits_NG, target_N)
+    if mode == "per_sample":
+        pos_logit_B = scale * (anchor_BD * pos_BD).sum(-1)
+        neg_logit_N = scale * (anchor_BD[owner_N] * neg_ND).sum(-1)
+        has_neg_B = torch.zeros(b, dtype=torch.bool, device=anchor_BD.device)
+        has_neg_B[owner_N] = True
+        if not has_neg_B.any():
+            return pos_logit_B.sum() * 0.0
+        # logsumexp over {own positive} ∪ {own negatives}, per sample.
+        m_B = torch.full((b,), float("-inf"), device=anchor_BD.device).scatter_reduce(
+            0, owner_N, neg_logit_N, reduce="amax"
+        )
+        m_B = torch.maximum(m_B, pos_logit_B).detach()
+        sum_B = (pos_logit_B - m_B).exp() + torch.zeros_like(pos_logit_B).index_add(
+            0, owner_N, (neg_logit_N - m_B[owner_N]).exp()
+        )
+        loss_B = -(pos_logit_B - m_B - sum_B.log())
+        return loss_B[has_neg_B].mean()
+    # columns (NegCLIP): anchors against all gathered positives and all gathered negatives.
+    all_pos_GD = gather_with_grad(pos_BD)
+    all_neg_ND = gather_padded(neg_ND)
+    cols_CD = torch.cat([all_pos_GD, all_neg_ND])
+    logits_BC = scale * anchor_BD @ cols_CD.T
+    labels_B = torch.arange(b, device=anchor_BD.device) + rank * b
+    return F.cross_entropy(logits_BC, labels_B)
+
+
+class HardNegativeText(nn.Module):
+    """Image → [positive captions + hard-negative captions]. Args: weight; mode columns|per_sample; kinds
+    (prefixes; None = all); role negative|positive; name (logged as `<name>_loss`)."""
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        mode: Literal["columns", "per_sample"] = "columns",
+        kinds: list[str] | None = None,
+        role: Literal["negative", "positive"] = "negative",
+        name: str = "hardneg_text",
+    ) -> None:
+        super().__init__()
+        if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
+            raise ValueError(f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}")
+        self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
+
+    def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
+        keep = select(self.kinds, x.txt_neg_kind, self.kinds).to(x.txt_BD.device)
+        loss = _hard_negative_term(
+            x.img_BD, x.txt_BD, x.txt_neg_ND[keep], x.txt_neg_owner_N[keep], x.logit_scale, self.mode, self.role
+        )
+        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
+
+
+class HardNegativeImage(nn.Module):
+    """Caption → [positive images + hard-negative images]. Same arguments as `HardNegativeText`."""
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        mode: Literal["columns", "per_sample"] = "columns",
+        kinds: list[str] | None = None,
+        role: Literal["negative", "positive"] = "negative",
+        name: str = "hardneg_image",
+    ) -> None:
+        super().__init__()
+        if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
+            raise ValueError(f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}")
+        self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
+
+    def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
+        keep = select(self.kinds, x.img_neg_kind, self.kinds).to(x.img_BD.device)
+        loss = _hard_negative_term(
+            x.txt_BD, x.img_BD, x.img_neg_MD[keep], x.img_neg_owner_M[keep], x.logit_scale, self.mode, self.role
+        )
+        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
