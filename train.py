@@ -58,7 +58,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     )
     module = ClipModule(
         spec,
-        LossSum({name: instantiate(node) for name, node in (cfg.get("loss") or {}).items() if node is not None}),
+        LossSum(
+            {name: instantiate(node) for name, node in (cfg.get("loss") or {}).items() if node is not None}
+        ),
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         run_config=run_cfg,

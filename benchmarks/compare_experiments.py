@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SWAP_REPLACE = ["replace_color", "replace_shape", "replace_size", "replace_relation", "swap_attributes", "swap_objects"]
+SWAP_REPLACE = [
+    "replace_color",
+    "replace_shape",
+    "replace_size",
+    "replace_relation",
+    "swap_attributes",
+    "swap_objects",
+]
 COLUMNS = SWAP_REPLACE + ["count", "negation"]
 
 
@@ -26,8 +33,15 @@ def run(exp: str, seed: int, out: Path, extra: list[str]) -> None:
     run_dir = out / exp / f"seed{seed}"
     if (run_dir / "metrics.json").is_file():
         return
-    cmd = [sys.executable, str(ROOT / "train.py"), f"experiment={exp}", f"seed={seed}", f"hydra.run.dir={run_dir}",
-           "trainer.enable_progress_bar=false", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"experiment={exp}",
+        f"seed={seed}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
     t0 = time.perf_counter()
     with (out / f"{exp}-seed{seed}.log").open("w") as log:
         subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -46,11 +60,15 @@ def fmt(values: list[float]) -> str:
 def summarize(out: Path) -> str:
     rows, data = [], {}
     for exp_dir in sorted(p for p in out.iterdir() if p.is_dir()):
-        runs = [json.loads((d / "metrics.json").read_text()) | {"_wall": float((d / "wall_seconds.txt").read_text())}
-                for d in sorted(exp_dir.glob("seed*")) if (d / "metrics.json").is_file()]
+        runs = [
+            json.loads((d / "metrics.json").read_text())
+            | {"_wall": float((d / "wall_seconds.txt").read_text())}
+            for d in sorted(exp_dir.glob("seed*"))
+            if (d / "metrics.json").is_file()
+        ]
         if not runs:
             continue
-        col = lambda key: [r[key] for r in runs if key in r]  # noqa: E731
+        col = lambda key, runs=runs: [r[key] for r in runs if key in r]  # noqa: E731
         sr = [statistics.mean(r[f"eval/synthetic/{c}/acc"] for c in SWAP_REPLACE) for r in runs]
         sr_held = [statistics.mean(r[f"eval/synthetic/{c}-heldout/acc"] for c in SWAP_REPLACE) for r in runs]
         r1 = [(r["val/i2t_r1"] + r["val/t2i_r1"]) / 2 for r in runs]
@@ -70,8 +88,10 @@ def summarize(out: Path) -> str:
             + f" | {fmt(entry['winoground_group'])} | {fmt(r1)} | {fmt([w / 60 for w in entry['wall_seconds']])} |"
         )
     head = (
-        "| experiment | seeds | swap+replace mean | (held-out) | " + " | ".join(COLUMNS)
-        + " | wino group | val R@1 | min/run |\n|" + "---|" * (len(COLUMNS) + 8)
+        "| experiment | seeds | swap+replace mean | (held-out) | "
+        + " | ".join(COLUMNS)
+        + " | wino group | val R@1 | min/run |\n|"
+        + "---|" * (len(COLUMNS) + 8)
     )
     table = head + "\n" + "\n".join(rows)
     (out / "summary.md").write_text(table + "\n")
@@ -81,8 +101,18 @@ def summarize(out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiments", nargs="+", default=["clip_baseline", "negclip_text", "structure",
-                                                          "compositional_text", "compositional_full", "all"])
+    ap.add_argument(
+        "--experiments",
+        nargs="+",
+        default=[
+            "clip_baseline",
+            "negclip_text",
+            "structure",
+            "compositional_text",
+            "compositional_full",
+            "all",
+        ],
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "experiments")
     ap.add_argument("--summarize-only", action="store_true")

@@ -59,7 +59,11 @@ class DiskCache:
             self.stats["miss"] += 1
             return None
         payload = blob[_HEADER:]
-        if len(blob) < _HEADER or blob[: len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != blob[len(MAGIC) : _HEADER]:
+        if (
+            len(blob) < _HEADER
+            or blob[: len(MAGIC)] != MAGIC
+            or hashlib.sha256(payload).digest() != blob[len(MAGIC) : _HEADER]
+        ):
             self.stats["corrupt"] += 1
             self.stats["miss"] += 1
             log.warning("cache %s: corrupt entry %s removed; it will be regenerated", self.dir.name, key)

@@ -87,8 +87,14 @@ def tiny_tokenizer(max_len: int = 77):
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", model_max_length=max_len)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=max_len,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +104,17 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny_llm")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
@@ -108,22 +123,55 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pix2pix_dir(tmp_path_factory) -> Path:
     """A tiny random InstructPix2Pix pipeline (diffusers' get_dummy_components sizes) saved offline."""
-    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionInstructPix2PixPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     path = tmp_path_factory.mktemp("tiny_p2p")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=8,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        latent_channels=4)
-    te = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
-                                      num_attention_heads=4, num_hidden_layers=2, pad_token_id=1, vocab_size=1000))
-    pipe = StableDiffusionInstructPix2PixPipeline(unet=unet, scheduler=PNDMScheduler(skip_prk_steps=True), vae=vae,
-                                                  text_encoder=te, tokenizer=tiny_tokenizer(), safety_checker=None,
-                                                  feature_extractor=None, requires_safety_checker=False)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+    )
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            pad_token_id=1,
+            vocab_size=1000,
+        )
+    )
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        unet=unet,
+        scheduler=PNDMScheduler(skip_prk_steps=True),
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tiny_tokenizer(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(path)
     return path

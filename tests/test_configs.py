@@ -62,9 +62,15 @@ def test_loss_options(cfg_factory, option):
     g = torch.Generator().manual_seed(0)
     f = lambda n: torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=-1)  # noqa: E731
     x = LossInputs(
-        img_BD=f(4), txt_BD=f(4), logit_scale=torch.tensor(10.0), img_neg_MD=f(2), txt_neg_ND=f(3),
-        img_neg_owner_M=torch.tensor([0, 2]), txt_neg_owner_N=torch.tensor([0, 1, 2]),
-        img_neg_pair_M=torch.tensor([0, -1]), img_neg_kind=["compositional/color", "structure/patch_shuffle"],
+        img_BD=f(4),
+        txt_BD=f(4),
+        logit_scale=torch.tensor(10.0),
+        img_neg_MD=f(2),
+        txt_neg_ND=f(3),
+        img_neg_owner_M=torch.tensor([0, 2]),
+        txt_neg_owner_N=torch.tensor([0, 1, 2]),
+        img_neg_pair_M=torch.tensor([0, -1]),
+        img_neg_kind=["compositional/color", "structure/patch_shuffle"],
         txt_neg_kind=["compositional/color", "structure/trigram_shuffle", "compositional/position"],
     )
     out = loss(x)

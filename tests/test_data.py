@@ -66,7 +66,8 @@ def test_collate_places_negatives_after_positives():
             "image": torch.full((3, 4, 4), float(i)),
             "text": torch.full((5,), i),
             "neg_texts": [(torch.full((5,), 100 + i), "compositional/color")] * n_txt,
-            "neg_images": [(torch.full((3, 4, 4), 100.0 + i), "structure/patch_shuffle", 0 if n_txt else -1)] * n_img,
+            "neg_images": [(torch.full((3, 4, 4), 100.0 + i), "structure/patch_shuffle", 0 if n_txt else -1)]
+            * n_img,
         }
 
     b = collate([sample(0, 2, 0), sample(1, 0, 1), sample(2, 1, 1)])

@@ -64,7 +64,9 @@ class ImageEdit(NegativeGenerator):
         if self.fill_policy not in ("online", "ahead", "skip"):
             raise ValueError(f"image_edit.fill must be online|ahead|skip, got {fill!r}")
         if editor.expensive and cache_dir is None:
-            raise ValueError("image_edit.cache_dir is required with an expensive editor (edits are generated once)")
+            raise ValueError(
+                "image_edit.cache_dir is required with an expensive editor (edits are generated once)"
+            )
         self.cache = DiskCache(cache_dir, "image_edit") if cache_dir else None
         self.seed = seed
 
@@ -76,8 +78,13 @@ class ImageEdit(NegativeGenerator):
 
     def key(self, image: Image.Image, source: str, target: str) -> str:
         return cache_key(
-            generator=self.name, version=self.version, editor=self.editor.identity(), seed=self.seed,
-            image=content_hash(image.tobytes() + repr(image.size).encode()), source=source, target=target,
+            generator=self.name,
+            version=self.version,
+            editor=self.editor.identity(),
+            seed=self.seed,
+            image=content_hash(image.tobytes() + repr(image.size).encode()),
+            source=source,
+            target=target,
         )
 
     def _edit(self, image: Image.Image, record: Record, target: str, rng: random.Random, *, generate: bool):
@@ -110,7 +117,9 @@ class ImageEdit(NegativeGenerator):
             out.append(Negative("image", t.kind, edited, self.name, self.version, pair=k))
         return out
 
-    def fill(self, records: Sequence[Record], *, seed: int, rank: int = 0, world_size: int = 1) -> dict[str, int]:
+    def fill(
+        self, records: Sequence[Record], *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> dict[str, int]:
         """Generates the missing cache entries this rank owns (key hash % world_size == rank).
 
         Uses the same per-record RNG as the dataset, so it fills exactly the entries training will read.
@@ -129,5 +138,7 @@ class ImageEdit(NegativeGenerator):
                 edited = self.editor.edit(image, rec, rec.caption, t.payload, rng)
                 self.cache.put(key, b"" if edited is None else _png(edited))
                 made += 1
-        log.info("image_edit fill (rank %d/%d): %d edits generated, %d skipped", rank, world_size, made, skipped)
+        log.info(
+            "image_edit fill (rank %d/%d): %d edits generated, %d skipped", rank, world_size, made, skipped
+        )
         return {"generated": made, "skipped": skipped}

@@ -38,7 +38,13 @@ DEFAULT_TEMPLATE = (
     "word the same. Answer with the new caption only.\nCaption: {caption}\nNew caption:"
 )
 _NEGATORS = {"no", "not", "without", "none", "nobody", "nothing", "never", "n't"}
-_POSITION_WORDS = {w for pair in POSITION_PAIRS for phrase in pair for w in phrase.split()} - {"to", "the", "of", "on", "in"}
+_POSITION_WORDS = {w for pair in POSITION_PAIRS for phrase in pair for w in phrase.split()} - {
+    "to",
+    "the",
+    "of",
+    "on",
+    "in",
+}
 _VERBS = {v for g in VERB_GROUPS for v in g}
 
 
@@ -65,8 +71,12 @@ def validate(original: str, output: str, kind: str) -> tuple[str | None, str]:
         "color": lambda: changed(set(COLORS)),
         "quantity": lambda: changed(set(NUMBERS) | {"a", "an"} | {str(i) for i in range(100)}),
         "position": lambda: changed(_POSITION_WORDS),
-        "verb": lambda: changed(_VERBS) or {w for w in a if w.endswith("ing")} != {w for w in b if w.endswith("ing")},
-        "negation": lambda: bool(_NEGATORS & set(a)) != bool(_NEGATORS & set(b) or any(w.endswith("n't") for w in b)),
+        "verb": lambda: (
+            changed(_VERBS) or {w for w in a if w.endswith("ing")} != {w for w in b if w.endswith("ing")}
+        ),
+        "negation": lambda: (
+            bool(_NEGATORS & set(a)) != bool(_NEGATORS & set(b) or any(w.endswith("n't") for w in b))
+        ),
         "swap_attributes": lambda: sorted(a) == sorted(b) and changed(set(COLORS) | set(SIZES)),
         "swap_objects": lambda: sorted(a) == sorted(b),
     }[kind]()
@@ -109,7 +119,9 @@ class LLMRewriter(NegativeGenerator):
         super().__init__()
         unknown = set(kinds) - set(KIND_INSTRUCTIONS)
         if unknown:
-            raise ValueError(f"llm_rewriter.kinds: unknown {sorted(unknown)}; valid: {sorted(KIND_INSTRUCTIONS)}")
+            raise ValueError(
+                f"llm_rewriter.kinds: unknown {sorted(unknown)}; valid: {sorted(KIND_INSTRUCTIONS)}"
+            )
         if fill not in ("online", "ahead", "skip"):
             raise ValueError(f"llm_rewriter.fill must be online|ahead|skip, got {fill!r}")
         self.model_id, self.revision = model, revision
@@ -134,15 +146,23 @@ class LLMRewriter(NegativeGenerator):
             self._tok.padding_side = "left"
             if self._tok.pad_token is None:
                 self._tok.pad_token = self._tok.eos_token
-            dtype = (torch.bfloat16 if self.device.startswith("cuda") else torch.float32) if self.dtype == "auto" else getattr(torch, self.dtype)
-            self._model = AutoModelForCausalLM.from_pretrained(self.model_id, dtype=dtype, **kw).to(self.device).eval()
+            dtype = (
+                (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+                if self.dtype == "auto"
+                else getattr(torch, self.dtype)
+            )
+            self._model = (
+                AutoModelForCausalLM.from_pretrained(self.model_id, dtype=dtype, **kw).to(self.device).eval()
+            )
         return self._model, self._tok
 
     def prompt(self, caption: str, kind: str) -> str:
         text = self.templates[kind].format(caption=caption, instruction=KIND_INSTRUCTIONS[kind])
         _, tok = self._load()
         if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+            return tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         return text
 
     @torch.no_grad()
@@ -150,7 +170,11 @@ class LLMRewriter(NegativeGenerator):
         model, tok = self._load()
         enc = tok(prompts, return_tensors="pt", padding=True).to(self.device)
         sample = self.decoding["temperature"] > 0
-        kw = {"do_sample": sample, "max_new_tokens": self.decoding["max_new_tokens"], "pad_token_id": tok.pad_token_id}
+        kw = {
+            "do_sample": sample,
+            "max_new_tokens": self.decoding["max_new_tokens"],
+            "pad_token_id": tok.pad_token_id,
+        }
         if sample:
             kw.update(temperature=self.decoding["temperature"], top_p=self.decoding["top_p"])
         out = model.generate(**enc, **kw)
@@ -159,8 +183,16 @@ class LLMRewriter(NegativeGenerator):
 
     # -- cache ------------------------------------------------------------------------------------------------
     def key(self, caption: str, kind: str) -> str:
-        return cache_key(generator=self.name, version=self.version, model=self.model_id, revision=self.revision,
-                         template=self.templates[kind], kind=kind, decoding=self.decoding, caption=caption)
+        return cache_key(
+            generator=self.name,
+            version=self.version,
+            model=self.model_id,
+            revision=self.revision,
+            template=self.templates[kind],
+            kind=kind,
+            decoding=self.decoding,
+            caption=caption,
+        )
 
     def _choose_kinds(self, rng: random.Random) -> list[str]:
         kinds = list(self.kinds)
@@ -189,7 +221,9 @@ class LLMRewriter(NegativeGenerator):
             out.append(self.text(f"compositional/{kind}", neg))
         return out
 
-    def fill(self, records: Sequence[Record], *, seed: int, rank: int = 0, world_size: int = 1) -> dict[str, int]:
+    def fill(
+        self, records: Sequence[Record], *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> dict[str, int]:
         """Generates the missing outputs this rank owns, in batches; same kind choice as training."""
         todo: list[tuple[str, str, str]] = []
         for rec in records:

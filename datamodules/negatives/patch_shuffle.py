@@ -24,7 +24,9 @@ def patch_shuffle(image: Image.Image, grid: int, rng: random.Random) -> tuple[Im
     cw, ch = w // grid, h // grid
     if cw == 0 or ch == 0:
         raise ValueError(f"image {w}x{h} is smaller than a {grid}x{grid} grid")
-    cells = [image.crop((c * cw, r * ch, (c + 1) * cw, (r + 1) * ch)) for r in range(grid) for c in range(grid)]
+    cells = [
+        image.crop((c * cw, r * ch, (c + 1) * cw, (r + 1) * ch)) for r in range(grid) for c in range(grid)
+    ]
     perm = random_derangement_free_perm(grid * grid, rng)
     out = image.copy()  # keeps the border strip of sizes not divisible by the grid
     for dst, src in enumerate(perm):
@@ -42,7 +44,9 @@ class PatchShuffle(NegativeGenerator):
     def __init__(self, grid: int = 2, num_per_image: int = 1) -> None:
         super().__init__()
         if grid < 2 or num_per_image < 1:
-            raise ValueError(f"patch_shuffle: need grid >= 2 and num_per_image >= 1, got {grid}, {num_per_image}")
+            raise ValueError(
+                f"patch_shuffle: need grid >= 2 and num_per_image >= 1, got {grid}, {num_per_image}"
+            )
         self.grid = grid
         self.num_per_image = num_per_image
 

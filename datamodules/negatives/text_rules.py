@@ -21,13 +21,31 @@ COLORS = (
     "red orange yellow green blue purple pink brown black white gray grey silver gold cyan beige violet maroon "
     "navy teal tan"
 ).split()
-SIZES = {"small": "large", "large": "small", "big": "small", "little": "big", "tiny": "huge", "huge": "tiny",
-         "tall": "short", "short": "tall", "long": "short", "wide": "narrow", "narrow": "wide"}
+SIZES = {
+    "small": "large",
+    "large": "small",
+    "big": "small",
+    "little": "big",
+    "tiny": "huge",
+    "huge": "tiny",
+    "tall": "short",
+    "short": "tall",
+    "long": "short",
+    "wide": "narrow",
+    "narrow": "wide",
+}
 NUMBERS = "one two three four five six seven eight nine ten".split()
 POSITION_PAIRS = [
-    ("to the left of", "to the right of"), ("on the left", "on the right"), ("in front of", "behind"),
-    ("on top of", "underneath"), ("above", "below"), ("inside", "outside"), ("over", "under"),
-    ("near", "far from"), ("left", "right"), ("top", "bottom"),
+    ("to the left of", "to the right of"),
+    ("on the left", "on the right"),
+    ("in front of", "behind"),
+    ("on top of", "underneath"),
+    ("above", "below"),
+    ("inside", "outside"),
+    ("over", "under"),
+    ("near", "far from"),
+    ("left", "right"),
+    ("top", "bottom"),
 ]
 # Verbs are replaced within their group so the sentence keeps its argument structure.
 VERB_GROUPS = [
@@ -53,8 +71,18 @@ NOUN_GROUPS = {
 # "a man" -> "a person" would be a true caption, not a negative).
 _EXTRA_NOUNS = "person player guy lady kid child bike plane sofa".split()
 _NOUNS_SING = [n for group in NOUN_GROUPS.values() for n in group] + _EXTRA_NOUNS
-_IRREGULAR = {"man": "men", "woman": "women", "child": "children", "person": "people", "mouse": "mice",
-              "knife": "knives", "sheep": "sheep", "baby": "babies", "lady": "ladies", "sky": "skies"}
+_IRREGULAR = {
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "person": "people",
+    "mouse": "mice",
+    "knife": "knives",
+    "sheep": "sheep",
+    "baby": "babies",
+    "lady": "ladies",
+    "sky": "skies",
+}
 
 
 def pluralize(noun: str) -> str:
@@ -68,8 +96,32 @@ def pluralize(noun: str) -> str:
 NOUNS_SING = set(_NOUNS_SING)
 NOUNS_PLUR = {pluralize(n) for n in _NOUNS_SING}
 SINGULAR_OF = {pluralize(n): n for n in _NOUNS_SING}
-DETERMINERS = {"a", "an", "the", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-               "some", "his", "her", "their", "its", "this", "that", "these", "those", "several", "many"}
+DETERMINERS = {
+    "a",
+    "an",
+    "the",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "some",
+    "his",
+    "her",
+    "their",
+    "its",
+    "this",
+    "that",
+    "these",
+    "those",
+    "several",
+    "many",
+}
 
 
 def _words(text: str) -> list[str]:
@@ -149,7 +201,11 @@ def obj(words: list[str], vocabulary: dict | None = None) -> list[str]:
 
     def vocab(b: str) -> list[str]:
         sing = SINGULAR_OF.get(b, b)
-        group = closed if closed and sing in closed else next((g for g in NOUN_GROUPS.values() if sing in g), None)
+        group = (
+            closed
+            if closed and sing in closed
+            else next((g for g in NOUN_GROUPS.values() if sing in g), None)
+        )
         if group is None:
             return []
         others = [n for n in group if n != sing]
@@ -242,7 +298,10 @@ def swap_attributes(words: list[str], vocab: dict | None = None) -> list[str]:
                 (ka, ia), (kb, ib) = hits[x], hits[y]
                 if ka != kb and _bare(words[ia]) != _bare(words[ib]):
                     cand = list(words)
-                    cand[ia], cand[ib] = _swap_word(words[ia], _bare(words[ib])), _swap_word(words[ib], _bare(words[ia]))
+                    cand[ia], cand[ib] = (
+                        _swap_word(words[ia], _bare(words[ib])),
+                        _swap_word(words[ib], _bare(words[ia])),
+                    )
                     out.append(" ".join(_article_fix(cand)))
     return out
 

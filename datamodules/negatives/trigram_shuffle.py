@@ -37,7 +37,9 @@ class TrigramShuffle(NegativeGenerator):
     def __init__(self, num_per_caption: int = 1, n: int = 3) -> None:
         super().__init__()
         if num_per_caption < 1 or n < 1:
-            raise ValueError(f"trigram_shuffle: num_per_caption and n must be >= 1, got {num_per_caption}, {n}")
+            raise ValueError(
+                f"trigram_shuffle: num_per_caption and n must be >= 1, got {num_per_caption}, {n}"
+            )
         self.num_per_caption = num_per_caption
         self.n = n
 

@@ -75,6 +75,8 @@ class LossSum(torch.nn.Module):
         for key, term in self.terms.items():
             for k, v in term(x).items():
                 if k in out:
-                    raise ValueError(f"loss.{key}: output '{k}' produced by two terms; give them different names")
+                    raise ValueError(
+                        f"loss.{key}: output '{k}' produced by two terms; give them different names"
+                    )
                 out[k] = v
         return out

@@ -30,6 +30,17 @@ def select(kinds: list[str], neg_kind: list[str], prefixes: list[str] | None) ->
     return torch.tensor([any(k.startswith(p) for p in prefixes) for k in neg_kind], dtype=torch.bool)
 
 
+def _global_mean(local_sum: torch.Tensor, local_count: int) -> torch.Tensor:
+    """Mean over all ranks' items when ranks hold different numbers of them. DDP averages gradients over the
+    W ranks, so each rank returns W · (its sum) / (global count): the average of these is the global mean."""
+    _, ws = world()
+    if ws == 1:
+        return local_sum / max(local_count, 1)
+    count = torch.tensor([float(local_count)], device=local_sum.device)
+    torch.distributed.all_reduce(count)
+    return local_sum * ws / count.clamp_min(1.0)
+
+
 def _hard_negative_term(
     anchor_BD: torch.Tensor,
     pos_BD: torch.Tensor,
@@ -45,20 +56,16 @@ def _hard_negative_term(
     if role == "positive":
         # Each selected "negative" replaces its owner's positive among all gathered positives.
         all_pos_GD = gather_with_grad(pos_BD)
-        if neg_ND.shape[0] == 0:
-            return (anchor_BD.sum() + all_pos_GD.sum()) * 0.0
         a_ND = anchor_BD[owner_N]
         logits_NG = scale * a_ND @ all_pos_GD.T
         target_N = owner_N + rank * b
         logits_NG = logits_NG.scatter(1, target_N[:, None], scale * (a_ND * neg_ND).sum(-1, keepdim=True))
-        return F.cross_entropy(logits_NG, target_N)
+        return _global_mean(F.cross_entropy(logits_NG, target_N, reduction="sum"), neg_ND.shape[0])
     if mode == "per_sample":
         pos_logit_B = scale * (anchor_BD * pos_BD).sum(-1)
         neg_logit_N = scale * (anchor_BD[owner_N] * neg_ND).sum(-1)
         has_neg_B = torch.zeros(b, dtype=torch.bool, device=anchor_BD.device)
         has_neg_B[owner_N] = True
-        if not has_neg_B.any():
-            return pos_logit_B.sum() * 0.0
         # logsumexp over {own positive} ∪ {own negatives}, per sample.
         m_B = torch.full((b,), float("-inf"), device=anchor_BD.device).scatter_reduce(
             0, owner_N, neg_logit_N, reduce="amax"
@@ -68,7 +75,7 @@ def _hard_negative_term(
             0, owner_N, (neg_logit_N - m_B[owner_N]).exp()
         )
         loss_B = -(pos_logit_B - m_B - sum_B.log())
-        return loss_B[has_neg_B].mean()
+        return _global_mean(loss_B[has_neg_B].sum(), int(has_neg_B.sum()))
     # columns (NegCLIP): anchors against all gathered positives and all gathered negatives.
     all_pos_GD = gather_with_grad(pos_BD)
     all_neg_ND = gather_padded(neg_ND)
@@ -92,13 +99,21 @@ class HardNegativeText(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
-            raise ValueError(f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}")
+            raise ValueError(
+                f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}"
+            )
         self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
 
     def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
         keep = select(self.kinds, x.txt_neg_kind, self.kinds).to(x.txt_BD.device)
         loss = _hard_negative_term(
-            x.img_BD, x.txt_BD, x.txt_neg_ND[keep], x.txt_neg_owner_N[keep], x.logit_scale, self.mode, self.role
+            x.img_BD,
+            x.txt_BD,
+            x.txt_neg_ND[keep],
+            x.txt_neg_owner_N[keep],
+            x.logit_scale,
+            self.mode,
+            self.role,
         )
         return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
 
@@ -116,12 +131,20 @@ class HardNegativeImage(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
-            raise ValueError(f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}")
+            raise ValueError(
+                f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}"
+            )
         self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
 
     def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
         keep = select(self.kinds, x.img_neg_kind, self.kinds).to(x.img_BD.device)
         loss = _hard_negative_term(
-            x.txt_BD, x.img_BD, x.img_neg_MD[keep], x.img_neg_owner_M[keep], x.logit_scale, self.mode, self.role
+            x.txt_BD,
+            x.img_BD,
+            x.img_neg_MD[keep],
+            x.img_neg_owner_M[keep],
+            x.logit_scale,
+            self.mode,
+            self.role,
         )
         return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}

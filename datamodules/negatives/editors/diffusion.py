@@ -56,16 +56,31 @@ class DiffusersEditor(ImageEditor):
             raise ValueError(f"editor.pipeline: diffusers has no pipeline class '{pipeline}'")
         self.pipeline_name, self.model, self.revision = pipeline, model, revision
         self.prompt = prompt
-        self.params = {"num_inference_steps": steps, "guidance_scale": guidance_scale,
-                       "image_guidance_scale": image_guidance_scale, "strength": strength}
+        self.params = {
+            "num_inference_steps": steps,
+            "guidance_scale": guidance_scale,
+            "image_guidance_scale": image_guidance_scale,
+            "strength": strength,
+        }
         self.size, self.seed = size, seed
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        self.dtype = (torch.float16 if self.device.startswith("cuda") else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+        self.dtype = (
+            (torch.float16 if self.device.startswith("cuda") else torch.float32)
+            if dtype == "auto"
+            else getattr(torch, dtype)
+        )
         self._pipe = None
 
     def identity(self) -> dict[str, Any]:
-        return {"editor": "diffusers", "pipeline": self.pipeline_name, "model": self.model,
-                "revision": self.revision, "prompt": self.prompt, "size": self.size, **self.params}
+        return {
+            "editor": "diffusers",
+            "pipeline": self.pipeline_name,
+            "model": self.model,
+            "revision": self.revision,
+            "prompt": self.prompt,
+            "size": self.size,
+            **self.params,
+        }
 
     @property
     def pipe(self):
@@ -74,13 +89,16 @@ class DiffusersEditor(ImageEditor):
 
             cls = getattr(diffusers, self.pipeline_name)
             kwargs = {"revision": self.revision} if self.revision else {}
-            pipe = cls.from_pretrained(self.model, torch_dtype=self.dtype, safety_checker=None,
-                                       requires_safety_checker=False, **kwargs)
+            pipe = cls.from_pretrained(
+                self.model, dtype=self.dtype, safety_checker=None, requires_safety_checker=False, **kwargs
+            )
             pipe.set_progress_bar_config(disable=True)
             self._pipe = pipe.to(self.device)
         return self._pipe
 
-    def edit(self, image: Image.Image, record: Record, source_caption: str, target_caption: str, rng: random.Random):
+    def edit(
+        self, image: Image.Image, record: Record, source_caption: str, target_caption: str, rng: random.Random
+    ):
         pipe = self.pipe
         accepted = set(inspect.signature(pipe.__call__).parameters)
         src = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)

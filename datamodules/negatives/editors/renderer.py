@@ -18,11 +18,15 @@ from datamodules.world.scene import COLORS, SHAPES, SIZES, Obj, Scene, World, sw
 
 
 def _free(objs: list[Obj] | tuple[Obj, ...], o: Obj, skip: int | None = None) -> bool:
-    return all(
-        (o.x - p.x) ** 2 + (o.y - p.y) ** 2 > (o.radius + p.radius + 0.02) ** 2
-        for k, p in enumerate(objs)
-        if k != skip
-    ) and o.radius <= o.x <= 1 - o.radius and o.radius <= o.y <= 1 - o.radius
+    return (
+        all(
+            (o.x - p.x) ** 2 + (o.y - p.y) ** 2 > (o.radius + p.radius + 0.02) ** 2
+            for k, p in enumerate(objs)
+            if k != skip
+        )
+        and o.radius <= o.x <= 1 - o.radius
+        and o.radius <= o.y <= 1 - o.radius
+    )
 
 
 def candidate_edits(scene: Scene, target, rng: random.Random):
@@ -54,14 +58,21 @@ def candidate_edits(scene: Scene, target, rng: random.Random):
             for _ in range(30):
                 size = d.size or rng.choice(tuple(SIZES))
                 r = SIZES[size]
-                o = Obj(d.shape, d.color or rng.choice(tuple(COLORS)), size,
-                        round(rng.uniform(r, 1 - r), 4), round(rng.uniform(r, 1 - r), 4))
+                o = Obj(
+                    d.shape,
+                    d.color or rng.choice(tuple(COLORS)),
+                    size,
+                    round(rng.uniform(r, 1 - r), 4),
+                    round(rng.uniform(r, 1 - r), 4),
+                )
                 if _free(objs, o):
                     yield Scene(objs + (o,))
                     break
 
 
-def edit_scene(scene: Scene, source_caption: str, target_caption: str, world: World, rng: random.Random) -> Scene | None:
+def edit_scene(
+    scene: Scene, source_caption: str, target_caption: str, world: World, rng: random.Random
+) -> Scene | None:
     target, source = parse_claim(target_caption), parse_claim(source_caption)
     if target is None:
         return None
@@ -80,7 +91,9 @@ class RendererEditor(ImageEditor):
     def __init__(self, world: World | None = None) -> None:
         self.world = world or World()
 
-    def edit(self, image: Image.Image, record: Record, source_caption: str, target_caption: str, rng: random.Random):
+    def edit(
+        self, image: Image.Image, record: Record, source_caption: str, target_caption: str, rng: random.Random
+    ):
         scene = getattr(record.image, "scene", None)
         if scene is None:
             raise ValueError(

@@ -1,0 +1,189 @@
+"""Generator contracts: never the positive, deterministic per seed, kinds labelled, real COCO-style captions."""
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from datamodules.negatives.editors.renderer import RendererEditor
+from datamodules.negatives.image_edit import ImageEdit
+from datamodules.negatives.patch_shuffle import PatchShuffle, patch_shuffle
+from datamodules.negatives.text_rules import KINDS, TextRules, rule_negatives
+from datamodules.negatives.trigram_shuffle import TrigramShuffle
+from datamodules.records import Record
+from datamodules.sources.synthetic import SyntheticWorldSource
+from datamodules.world import World
+from datamodules.world.claims import holds, parse_claim
+
+COCO = [
+    line
+    for line in (Path(__file__).parent / "fixtures" / "coco_captions.txt").read_text().splitlines()
+    if line
+]
+
+
+def rec(caption: str) -> Record:
+    return Record(id=caption[:20], image="x.png", caption=caption)
+
+
+def img() -> Image.Image:
+    im = Image.new("RGB", (48, 48))
+    im.putdata([(x * 5 % 256, y * 5 % 256, (x * y) % 256) for y in range(48) for x in range(48)])
+    return im
+
+
+@pytest.mark.parametrize(
+    "gen", [TrigramShuffle(), TextRules(num_per_caption=3), TextRules(kinds=["swap_objects"])]
+)
+def test_text_generators_never_return_positive_and_are_deterministic(gen):
+    made = 0
+    for cap in COCO:
+        a = gen(rec(cap), img(), random.Random(1))
+        b = gen(rec(cap), img(), random.Random(1))
+        assert [n.payload for n in a] == [n.payload for n in b]
+        for n in a:
+            made += 1
+            assert n.modality == "text" and n.generator == gen.name and n.version
+            assert " ".join(n.payload.lower().split()) != " ".join(cap.lower().split())
+            assert n.kind.split("/")[0] in ("structure", "compositional")
+    assert made >= len(COCO) // 3
+
+
+def test_text_rules_cover_the_paper_kinds_on_real_captions():
+    fired = Counter()
+    for cap in COCO:
+        for kind in KINDS:
+            if rule_negatives(cap, kind):
+                fired[kind] += 1
+    for kind in (
+        "color",
+        "quantity",
+        "position",
+        "verb",
+        "negation",
+        "swap_attributes",
+        "swap_objects",
+        "object",
+    ):
+        assert fired[kind] >= 3, (kind, fired)
+
+
+@pytest.mark.parametrize(
+    "caption, kind, expected",
+    [
+        ("A man riding a horse on the beach.", "swap_objects", "A horse riding a man on the beach."),
+        (
+            "a small red circle to the left of a large blue square",
+            "position",
+            "a small red circle to the right of a large blue square",
+        ),
+        (
+            "a small red circle to the left of a large blue square",
+            "swap_attributes",
+            "a small blue circle to the left of a large red square",
+        ),
+        ("Two dogs are playing in the grass", "negation", "Two dogs are not playing in the grass"),
+        ("a yellow square and no cyan triangle", "negation", "a yellow square and a cyan triangle"),
+        ("a man sitting on a bench", "verb", "a man standing on a bench"),
+        ("two purple circles", "quantity", "three purple circles"),
+        ("a red apple", "quantity", "two red apples"),
+    ],
+)
+def test_text_rule_examples(caption, kind, expected):
+    assert expected in rule_negatives(caption, kind)
+
+
+def test_rules_skip_swaps_that_keep_the_meaning():
+    assert rule_negatives("a cat and a dog", "swap_objects") == []
+    assert rule_negatives("a man and a woman", "swap_objects") == []
+    assert "A person riding a horse" not in rule_negatives(
+        "A man riding a horse", "object"
+    )  # hypernym = true
+
+
+def test_inapplicable_kind_is_masked_not_copied():
+    gen = TextRules(kinds=["color"])
+    assert gen(rec("A man riding a horse"), img(), random.Random(0)) == []
+    assert gen.pop_stats() == {"text_rules/masked": 1}
+
+
+def test_trigram_shuffle_always_differs():
+    gen = TrigramShuffle()
+    for seed in range(50):
+        (n,) = gen(rec("a small red circle to the left of a large blue square"), img(), random.Random(seed))
+        assert sorted(n.payload.split()) == sorted(
+            "a small red circle to the left of a large blue square".split()
+        )
+        assert n.payload != "a small red circle to the left of a large blue square"
+    assert gen(rec("two dogs"), img(), random.Random(0)) == []  # one trigram: nothing to shuffle
+
+
+@pytest.mark.parametrize("grid", [2, 3, 4])
+def test_patch_shuffle_is_a_non_identity_permutation(grid):
+    im = img()
+    for seed in range(20):
+        out, perm = patch_shuffle(im, grid, random.Random(seed))
+        assert perm != list(range(grid * grid)) and sorted(perm) == list(range(grid * grid))
+        assert out.size == im.size and out.tobytes() != im.tobytes()
+        assert sorted(out.getdata()) == sorted(im.getdata())  # same pixels, moved
+    negs = PatchShuffle(grid=grid)(rec("x"), im, random.Random(0))
+    assert len(negs) == 1 and negs[0].kind == "structure/patch_shuffle" and negs[0].modality == "image"
+
+
+def test_patch_shuffle_masks_uniform_images():
+    gen = PatchShuffle(grid=2)
+    assert gen(rec("x"), Image.new("RGB", (48, 48), "red"), random.Random(0)) == []
+    assert gen.pop_stats() == {"patch_shuffle/masked": 1}
+
+
+def test_bad_generator_config_fails_fast():
+    with pytest.raises(ValueError, match="unknown"):
+        TextRules(kinds=["colour"])
+    with pytest.raises(ValueError, match="grid >= 2"):
+        PatchShuffle(grid=1)
+
+
+def test_synthetic_vocabulary_and_heldout_filter():
+    world = World()
+    src = SyntheticWorldSource(world, num_train=300, num_val=0, num_test=0)
+    gen = TextRules(num_per_caption=3)
+    gen.vocabulary, gen.leak_filter = src.vocabulary, src.leaks
+    for r in src.records("train"):
+        for n in gen(r, r.image.load(), random.Random(0)):
+            assert not src.leaks(n.payload), n.payload
+            for w in ("pink", "black", "boy", "cube"):
+                assert w not in n.payload.split()
+
+
+def test_renderer_image_edits_match_their_negative_caption():
+    world = World()
+    src = SyntheticWorldSource(world, num_train=200, num_val=0, num_test=0)
+    gen = ImageEdit(
+        TextRules(kinds=["color", "size", "position", "swap_attributes", "swap_objects"]),
+        RendererEditor(world),
+    )
+    gen.vocabulary, gen.leak_filter = src.vocabulary, src.leaks
+    pairs = 0
+    for r in src.records("train"):
+        negs = gen(r, r.image.load(), random.Random(0))
+        texts = [n for n in negs if n.modality == "text"]
+        for n in (n for n in negs if n.modality == "image"):
+            pairs += 1
+            t = texts[n.pair]
+            assert n.kind == t.kind and n.payload.size == (48, 48)
+    assert pairs > 60
+    # The edited scene makes the negative true and the positive false (checked on the scene, not pixels).
+    from datamodules.negatives.editors.renderer import edit_scene
+
+    r = src.records("train")[0]
+    neg = next(c for k in ("color", "size") for c in rule_negatives(r.caption, k, src.vocabulary))
+    edited = edit_scene(r.image.scene, r.caption, neg, world, random.Random(0))
+    assert holds(parse_claim(neg), edited, world.relation_margin)
+    assert not holds(parse_claim(r.caption), edited, world.relation_margin)
+
+
+def test_renderer_editor_refuses_real_images():
+    with pytest.raises(ValueError, match="synthetic-world records"):
+        RendererEditor().edit(img(), rec("a red circle"), "a red circle", "a blue circle", random.Random(0))
