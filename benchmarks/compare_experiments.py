@@ -91,7 +91,7 @@ def summarize(out: Path) -> str:
         "| experiment | seeds | swap+replace mean | (held-out) | "
         + " | ".join(COLUMNS)
         + " | wino group | val R@1 | min/run |\n|"
-        + "---|" * (len(COLUMNS) + 8)
+        + "---|" * (len(COLUMNS) + 7)
     )
     table = head + "\n" + "\n".join(rows)
     (out / "summary.md").write_text(table + "\n")

@@ -64,6 +64,7 @@ class ClipModule(L.LightningModule):
         self.max_logit_scale = max_logit_scale
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self._t_last: float | None = None
+        self._t_end: float | None = None
 
     # -- model ------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -119,16 +120,21 @@ class ClipModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._t_last is not None:
+            step = max(now - self._t_last, 1e-9)
             global_batch = batch["num_pos"] * self.trainer.world_size
-            self.log("train/samples_per_second", global_batch / max(now - self._t_last, 1e-9), batch_size=1)
+            self.log("train/samples_per_second", global_batch / step, batch_size=1)
+            if self._t_end is not None:
+                # Time between the end of the previous step and the start of this one: waiting for the loader.
+                self.log("train/data_wait_fraction", max(now - self._t_end, 0.0) / step, batch_size=1)
         self._t_last = now
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, self.max_logit_scale)
+        self._t_end = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
-        self._t_last = None  # validation time is not training throughput
+        self._t_last = self._t_end = None  # validation time is not training throughput
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
