@@ -131,7 +131,7 @@ def test_callback_options(cfg_factory, option):
 
 @pytest.mark.parametrize("option", options("benchmark"))
 def test_benchmark_options(cfg_factory, option):
-    cfg = cfg_factory(f"benchmark=[{option}]")
+    cfg = cfg_factory(f"benchmark=[{option}]", tiny=False)
     benches = {k: instantiate(v) for k, v in cfg.benchmark.items()}
     assert benches and all(hasattr(b, "run") for b in benches.values())
 
