@@ -23,7 +23,7 @@ from torch import nn
 from lightning_modules.losses.base import LossInputs, gather_padded, gather_with_grad, world
 
 
-def select(kinds: list[str], neg_kind: list[str], prefixes: list[str] | None) -> torch.Tensor:
+def select(neg_kind: list[str], prefixes: list[str] | None) -> torch.Tensor:
     """Boolean mask over negatives whose kind starts with any prefix (all when prefixes is None)."""
     if prefixes is None:
         return torch.ones(len(neg_kind), dtype=torch.bool)
@@ -85,66 +85,41 @@ def _hard_negative_term(
     return F.cross_entropy(logits_BC, labels_B)
 
 
-class HardNegativeText(nn.Module):
+class _HardNegative(nn.Module):
+    modality = "text"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        mode: Literal["columns", "per_sample"] = "columns",
+        kinds: list[str] | None = None,
+        role: Literal["negative", "positive"] = "negative",
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        name = name or f"hardneg_{self.modality}"
+        if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
+            raise ValueError(f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}")
+        self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
+
+    def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
+        if self.modality == "text":
+            anchor, pos, neg, owner, kinds = x.img_BD, x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.txt_neg_kind
+        else:
+            anchor, pos, neg, owner, kinds = x.txt_BD, x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
+        keep = select(kinds, self.kinds).to(anchor.device)
+        loss = _hard_negative_term(anchor, pos, neg[keep], owner[keep], x.logit_scale, self.mode, self.role)
+        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
+
+
+class HardNegativeText(_HardNegative):
     """Image → [positive captions + hard-negative captions]. Args: weight; mode columns|per_sample; kinds
-    (prefixes; None = all); role negative|positive; name (logged as `<name>_loss`)."""
+    (prefixes; None = all); role negative|positive; name (logged as `<name>_loss`, default hardneg_text)."""
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        mode: Literal["columns", "per_sample"] = "columns",
-        kinds: list[str] | None = None,
-        role: Literal["negative", "positive"] = "negative",
-        name: str = "hardneg_text",
-    ) -> None:
-        super().__init__()
-        if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
-            raise ValueError(
-                f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}"
-            )
-        self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
-
-    def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
-        keep = select(self.kinds, x.txt_neg_kind, self.kinds).to(x.txt_BD.device)
-        loss = _hard_negative_term(
-            x.img_BD,
-            x.txt_BD,
-            x.txt_neg_ND[keep],
-            x.txt_neg_owner_N[keep],
-            x.logit_scale,
-            self.mode,
-            self.role,
-        )
-        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
+    modality = "text"
 
 
-class HardNegativeImage(nn.Module):
-    """Caption → [positive images + hard-negative images]. Same arguments as `HardNegativeText`."""
+class HardNegativeImage(_HardNegative):
+    """Caption → [positive images + hard-negative images]. Same arguments (default name hardneg_image)."""
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        mode: Literal["columns", "per_sample"] = "columns",
-        kinds: list[str] | None = None,
-        role: Literal["negative", "positive"] = "negative",
-        name: str = "hardneg_image",
-    ) -> None:
-        super().__init__()
-        if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
-            raise ValueError(
-                f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}"
-            )
-        self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
-
-    def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
-        keep = select(self.kinds, x.img_neg_kind, self.kinds).to(x.img_BD.device)
-        loss = _hard_negative_term(
-            x.txt_BD,
-            x.img_BD,
-            x.img_neg_MD[keep],
-            x.img_neg_owner_M[keep],
-            x.logit_scale,
-            self.mode,
-            self.role,
-        )
-        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
+    modality = "image"
