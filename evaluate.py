@@ -117,7 +117,9 @@ def models_from_config(cfg: DictConfig) -> dict[str, tuple[torch.nn.Module, Mode
         out[label] = load_checkpoint(p)
     oc = cfg.get("open_clip") or {}
     if oc.get("name"):
-        spec = ModelSpec(name=oc.name, pretrained=oc.get("pretrained"), quick_gelu=oc.get("quick_gelu", "auto"))
+        spec = ModelSpec(
+            name=oc.name, pretrained=oc.get("pretrained"), quick_gelu=oc.get("quick_gelu", "auto")
+        )
         out[f"{oc.name}:{Path(str(oc.get('pretrained'))).name}"] = (spec.build().eval(), spec, {})
     if not out:
         raise ValueError("nothing to evaluate: set ckpt_path=<file or list> or open_clip.name=<architecture>")
@@ -134,8 +136,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     per_model: dict[str, dict[str, float]] = {}
     chance: dict[str, float] = {}
     for label, (model, spec, run_cfg) in models.items():
-        scorer = ClipScorer(model.to(device), spec.image_transform(), spec.tokenizer(), device=device,
-                            batch_size=cfg.batch_size)
+        scorer = ClipScorer(
+            model.to(device),
+            spec.image_transform(),
+            spec.tokenizer(),
+            device=device,
+            batch_size=cfg.batch_size,
+        )
         sub = out_dir if len(models) == 1 else out_dir / label
         report = run_benchmarks(scorer, benches, sub, context={"run_config": run_cfg})
         per_model[label] = report["results"]
@@ -158,15 +165,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def log_to_wandb(cfg: DictConfig, per_model: dict[str, dict[str, float]]) -> None:
     import wandb
 
-    run = wandb.init(project=cfg.wandb.project, name=cfg.wandb.get("name"), job_type="evaluate",
-                     mode=cfg.wandb.mode, dir=str(cfg.paths.output_dir),
-                     config=OmegaConf.to_container(cfg, resolve=True))
+    run = wandb.init(
+        project=cfg.wandb.project,
+        name=cfg.wandb.get("name"),
+        job_type="evaluate",
+        mode=cfg.wandb.mode,
+        dir=str(cfg.paths.output_dir),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     try:
         keys = list(dict.fromkeys(k for r in per_model.values() for k in r))
         table = wandb.Table(columns=["model", *keys])
         for label, res in per_model.items():
             table.add_data(label, *[res.get(k) for k in keys])
-        run.log({"eval/table": table, **{f"eval/{label}/{k}": v for label, r in per_model.items() for k, v in r.items()}})
+        run.log(
+            {
+                "eval/table": table,
+                **{f"eval/{label}/{k}": v for label, r in per_model.items() for k, v in r.items()},
+            }
+        )
     finally:
         wandb.finish()
 

@@ -52,8 +52,17 @@ def worker(impl: str, n_img: int, per: int, dim: int) -> None:
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     res = {k: v for k, v in res.items() if k != "r_mean"}
-    print(json.dumps({"impl": impl, "seconds": dt, "peak_rss_mb": peak / 1024, "extra_rss_mb": (peak - base) / 1024,
-                      "metrics": res}))
+    print(
+        json.dumps(
+            {
+                "impl": impl,
+                "seconds": dt,
+                "peak_rss_mb": peak / 1024,
+                "extra_rss_mb": (peak - base) / 1024,
+                "metrics": res,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -68,9 +77,21 @@ def main() -> None:
         return
     runs = {}
     for impl in ("chunked", "naive"):
-        cmd = [sys.executable, __file__, "--worker", impl, "--images", str(args.images), "--per-image",
-               str(args.per_image), "--dim", str(args.dim)]
-        runs[impl] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            impl,
+            "--images",
+            str(args.images),
+            "--per-image",
+            str(args.per_image),
+            "--dim",
+            str(args.dim),
+        ]
+        runs[impl] = json.loads(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        )
     # The two compute the same similarities with different matmul orders; a last-bit difference can flip a
     # near-tie, so allow at most 2 queries of difference (reported).
     worst = 0.0
@@ -79,14 +100,18 @@ def main() -> None:
         diff = abs(v - runs["naive"]["metrics"][k]) * n / 100
         assert diff <= 2.01, (k, v, runs["naive"]["metrics"][k])
         worst = max(worst, diff)
-    print(f"{args.images} images x {args.images * args.per_image} captions, dim {args.dim}; "
-          f"metrics agree (largest difference: {worst:.0f} queries, float rounding of near-ties)")
+    print(
+        f"{args.images} images x {args.images * args.per_image} captions, dim {args.dim}; "
+        f"metrics agree (largest difference: {worst:.0f} queries, float rounding of near-ties)"
+    )
     print("| implementation | seconds | peak RSS (MB) | RSS added by the metric (MB) |\n|---|---:|---:|---:|")
     for impl, r in runs.items():
         print(f"| {impl} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f} |")
     c, n = runs["chunked"], runs["naive"]
-    print(f"ratio naive/chunked: time {n['seconds'] / c['seconds']:.1f}x, added memory "
-          f"{n['extra_rss_mb'] / max(c['extra_rss_mb'], 1):.1f}x")
+    print(
+        f"ratio naive/chunked: time {n['seconds'] / c['seconds']:.1f}x, added memory "
+        f"{n['extra_rss_mb'] / max(c['extra_rss_mb'], 1):.1f}x"
+    )
 
 
 if __name__ == "__main__":

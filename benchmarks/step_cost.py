@@ -44,10 +44,18 @@ def step_fn(model, opt, loss_fn, b: int, k: int, m: int, size: int, ctx: int, de
     def step():
         img = F.normalize(model.encode_image(images), dim=-1)
         txt = F.normalize(model.encode_text(texts), dim=-1)
-        x = LossInputs(img_BD=img[:b], txt_BD=txt[:b], logit_scale=model.logit_scale.exp(), img_neg_MD=img[b:],
-                       txt_neg_ND=txt[b:], img_neg_owner_M=owner_i, txt_neg_owner_N=owner_t,
-                       img_neg_pair_M=torch.full((b * m,), -1, device=device),
-                       img_neg_kind=["c"] * (b * m), txt_neg_kind=["c"] * (b * k))
+        x = LossInputs(
+            img_BD=img[:b],
+            txt_BD=txt[:b],
+            logit_scale=model.logit_scale.exp(),
+            img_neg_MD=img[b:],
+            txt_neg_ND=txt[b:],
+            img_neg_owner_M=owner_i,
+            txt_neg_owner_N=owner_t,
+            img_neg_pair_M=torch.full((b * m,), -1, device=device),
+            img_neg_kind=["c"] * (b * m),
+            txt_neg_kind=["c"] * (b * k),
+        )
         out = loss_fn(x)
         total = sum(v for n, v in out.items() if n.endswith("_loss"))
         opt.zero_grad(set_to_none=True)
@@ -63,11 +71,22 @@ def bench_steps(args) -> dict:
     spec = ModelSpec(name=args.model)
     model = spec.build().to(args.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = LossSum({"c": ContrastiveLoss(), "t": HardNegativeText(kinds=None), "i": HardNegativeImage(kinds=None)})
+    loss_fn = LossSum(
+        {"c": ContrastiveLoss(), "t": HardNegativeText(kinds=None), "i": HardNegativeImage(kinds=None)}
+    )
     size, ctx = spec.image_size, spec.config["text_cfg"]["context_length"]
-    configs = {"baseline": (0, 0), "+1 caption": (1, 0), "+2 captions": (2, 0), "+1 image": (0, 1),
-               "+2 images": (0, 2), "+1 caption +1 image": (1, 1)}
-    steps = {n: step_fn(model, opt, loss_fn, args.batch, k, m, size, ctx, args.device) for n, (k, m) in configs.items()}
+    configs = {
+        "baseline": (0, 0),
+        "+1 caption": (1, 0),
+        "+2 captions": (2, 0),
+        "+1 image": (0, 1),
+        "+2 images": (0, 2),
+        "+1 caption +1 image": (1, 1),
+    }
+    steps = {
+        n: step_fn(model, opt, loss_fn, args.batch, k, m, size, ctx, args.device)
+        for n, (k, m) in configs.items()
+    }
     for fn in steps.values():  # warm-up
         for _ in range(2):
             fn()
@@ -78,15 +97,21 @@ def bench_steps(args) -> dict:
             fn()
             times[n].append(time.perf_counter() - t0)
     base = statistics.median(times["baseline"])
-    return {n: {"median_s": statistics.median(t), "ratio": statistics.median(t) / base} for n, t in times.items()}
+    return {
+        n: {"median_s": statistics.median(t), "ratio": statistics.median(t) / base} for n, t in times.items()
+    }
 
 
 def bench_generators(n: int) -> dict:
     src = SyntheticWorldSource(World(), num_train=n, num_val=0, num_test=0)
     recs = src.records("train")
     images = [r.image.load() for r in recs]
-    gens = {"trigram_shuffle": TrigramShuffle(), "text_rules (2 per caption)": TextRules(num_per_caption=2),
-            "patch_shuffle": PatchShuffle(), "image_edit renderer (T'_C + I'_C)": ImageEdit(TextRules(), RendererEditor())}
+    gens = {
+        "trigram_shuffle": TrigramShuffle(),
+        "text_rules (2 per caption)": TextRules(num_per_caption=2),
+        "patch_shuffle": PatchShuffle(),
+        "image_edit renderer (T'_C + I'_C)": ImageEdit(TextRules(), RendererEditor()),
+    }
     out = {}
     t0 = time.perf_counter()
     for im in [r.image.load() for r in recs]:
@@ -114,11 +139,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/step_cost.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
-    res = {"config": vars(args) | {"out": str(args.out), "threads": torch.get_num_threads()},
-           "steps": bench_steps(args), "generators": bench_generators(args.gen_items)}
+    res = {
+        "config": vars(args) | {"out": str(args.out), "threads": torch.get_num_threads()},
+        "steps": bench_steps(args),
+        "generators": bench_generators(args.gen_items),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
-    print(f"step cost, {args.model}, batch {args.batch}, {args.device} (median of {args.repeats}, interleaved)")
+    print(
+        f"step cost, {args.model}, batch {args.batch}, {args.device} (median of {args.repeats}, interleaved)"
+    )
     print("| configuration | step (ms) | × baseline |\n|---|---:|---:|")
     for n, r in res["steps"].items():
         print(f"| {n} | {1000 * r['median_s']:.1f} | {r['ratio']:.2f} |")

@@ -24,8 +24,12 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out))
-    meta = {"name": spec.name, "quick_gelu": spec.force_quick_gelu, "model_cfg": spec.config,
-            "source_checkpoint": str(ckpt_path)}
+    meta = {
+        "name": spec.name,
+        "quick_gelu": spec.force_quick_gelu,
+        "model_cfg": spec.config,
+        "source_checkpoint": str(ckpt_path),
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return out
 

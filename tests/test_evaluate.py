@@ -37,7 +37,7 @@ def test_compare_checkpoints_side_by_side(two_checkpoints, cfg_factory, tmp_path
     for label in res:
         assert (tmp_path / label / "results.json").is_file()
         html = (tmp_path / label / "failures.html").read_text()
-        assert "<img src=\"data:image/png;base64," in html
+        assert '<img src="data:image/png;base64,' in html
 
 
 def test_export_loads_in_open_clip_and_scores_identically(two_checkpoints, tmp_path):
@@ -58,11 +58,28 @@ def test_export_loads_in_open_clip_and_scores_identically(two_checkpoints, tmp_p
 
 def test_open_clip_model_by_local_file(two_checkpoints, cfg_factory, tmp_path):
     out = export_checkpoint(two_checkpoints[1], tmp_path / "w" / "m.safetensors")
-    res = evaluate(cfg_factory("open_clip.name=tiny-vit", f"open_clip.pretrained={out}", *SMALL,
-                               config_name="evaluate"))
+    res = evaluate(
+        cfg_factory("open_clip.name=tiny-vit", f"open_clip.pretrained={out}", *SMALL, config_name="evaluate")
+    )
     assert "synthetic/swap_objects/acc" in res
 
 
 def test_nothing_to_evaluate_is_a_clear_error(cfg_factory):
     with pytest.raises(ValueError, match="set ckpt_path"):
         evaluate(cfg_factory(config_name="evaluate"))
+
+
+def test_wandb_offline_logging(two_checkpoints, cfg_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    res = evaluate(
+        cfg_factory(
+            f"ckpt_path={two_checkpoints[0]}",
+            "log_wandb=true",
+            "wandb.mode=offline",
+            *SMALL,
+            config_name="evaluate",
+        )
+    )
+    assert res
+    assert list(tmp_path.glob("wandb/offline-run-*")), "no offline W&B run written"

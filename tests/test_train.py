@@ -147,3 +147,52 @@ def test_ddp_sim_two_cpu_processes(cfg_factory, tmp_path):
 def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment):
     metrics = train(cfg_factory(f"experiment={experiment}", "debug=fdr"))
     assert "train/loss" in metrics
+
+
+@pytest.mark.slow
+def test_experiment_on_real_jsonl_source(cfg_factory, pairs_manifest):
+    metrics = train(
+        cfg_factory(
+            "experiment=compositional_text",
+            "data=pairs",
+            f"data.source.train_path={pairs_manifest}",
+            "data.source.val_fraction=0.3",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "debug=fdr",
+            "benchmark=[]",
+            "run_test=false",
+            tiny=False,
+        )
+    )
+    assert metrics["train/hardneg_text_count"] > 0
+
+
+def test_two_epochs_second_makes_no_generator_calls(cfg_factory, tiny_llm_dir, tmp_path):
+    """End to end: the LLM rewriter fills its cache online in epoch 1; epoch 2 only reads it."""
+    import csv
+
+    cfg = cfg_factory(
+        "negatives=[llm_rewriter]",
+        f"data.negatives.llm_rewriter.model={tiny_llm_dir}",
+        "data.negatives.llm_rewriter.fill=online",
+        "data.negatives.llm_rewriter.max_new_tokens=4",
+        f"data.negatives.llm_rewriter.cache_dir={tmp_path / 'cache'}",
+        "data.source.num_train=64",
+        "data.batch_size=32",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "callbacks=none",
+        "evaluate_after=false",
+        "run_test=false",
+    )
+    train(cfg)
+    rows = [r for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open()) if r.get("train/loss")]
+    calls = {int(r["epoch"]): 0 for r in rows}
+    hits = dict(calls)
+    for r in rows:
+        calls[int(r["epoch"])] += int(float(r.get("train/gen/llm_rewriter/calls") or 0))
+        hits[int(r["epoch"])] += int(float(r.get("train/gen/llm_rewriter/cache_hit") or 0))
+    assert calls[0] == 64 and calls[1] == 0 and hits[1] == 64, (calls, hits)

@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, option_scores, require, thumbnail
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkResult,
+    ClipScorer,
+    option_scores,
+    require,
+    thumbnail,
+)
 
 HOW = "annotation JSONs and vgr_vga_images.zip from github.com/mertyg/vision-language-models-are-bows (dataset_zoo)"
 FILES = {"relation": "visual_genome_relation.json", "attribution": "visual_genome_attribution.json"}
@@ -56,8 +63,14 @@ def crop_loader(root):
 class AroVG(Benchmark):
     """Args: root: the ARO folder; task: relation | attribution; max_items: cap (None = all)."""
 
-    def __init__(self, root: str, task: Literal["relation", "attribution"] = "relation", *,
-                 max_items: int | None = None, max_failures: int = 30) -> None:
+    def __init__(
+        self,
+        root: str,
+        task: Literal["relation", "attribution"] = "relation",
+        *,
+        max_items: int | None = None,
+        max_failures: int = 30,
+    ) -> None:
         if task not in FILES:
             raise ValueError(f"aro.task must be relation or attribution, got {task!r}")
         self.root, self.task, self.max_items, self.max_failures = root, task, max_items, max_failures
@@ -66,14 +79,24 @@ class AroVG(Benchmark):
     def run(self, scorer: ClipScorer, *, context: dict[str, Any] | None = None) -> BenchmarkResult:
         layout = f"<root>/{FILES[self.task]} and <root>/images/<image_path>"
         root = require(self.name, self.root, layout, HOW)
-        items = json.loads(require(self.name, root / FILES[self.task], layout, HOW).read_text())[: self.max_items]
+        items = json.loads(require(self.name, root / FILES[self.task], layout, HOW).read_text())[
+            : self.max_items
+        ]
         refs = [(it["image_path"], it["bbox_x"], it["bbox_y"], it["bbox_w"], it["bbox_h"]) for it in items]
         load = crop_loader(root)
-        scores = option_scores(scorer, refs, load, [[it["false_caption"], it["true_caption"]] for it in items])
-        correct = [bool(s[1] > s[0]) for s in scores]  # argmax over (false, true): ties go to the false caption
+        scores = option_scores(
+            scorer, refs, load, [[it["false_caption"], it["true_caption"]] for it in items]
+        )
+        correct = [
+            bool(s[1] > s[0]) for s in scores
+        ]  # argmax over (false, true): ties go to the false caption
         groups: dict[str, list[bool]] = defaultdict(list)
         for it, ok in zip(items, correct):
-            key = it["relation_name"] if self.task == "relation" else f"{it['attributes'][0]}_{it['attributes'][1]}"
+            key = (
+                it["relation_name"]
+                if self.task == "relation"
+                else f"{it['attributes'][0]}_{it['attributes'][1]}"
+            )
             groups[key].append(ok)
         if self.task == "relation":
             kept = {k: v for k, v in groups.items() if k not in SYMMETRIC_RELATIONS}
@@ -84,8 +107,15 @@ class AroVG(Benchmark):
             metrics["macro/acc"] = 100.0 * sum(sum(v) / len(v) for v in kept.values()) / len(kept)
         counts = {"micro": len(correct), "macro": len(kept)}
         failures = [
-            {"subset": self.task, "positive": it["true_caption"], "negative": it["false_caption"],
-             "score_pos": float(s[1]), "score_neg": float(s[0]), "image": thumbnail(load(ref))}
-            for it, ref, s, ok in zip(items, refs, scores, correct) if not ok
+            {
+                "subset": self.task,
+                "positive": it["true_caption"],
+                "negative": it["false_caption"],
+                "score_pos": float(s[1]),
+                "score_neg": float(s[0]),
+                "image": thumbnail(load(ref)),
+            }
+            for it, ref, s, ok in zip(items, refs, scores, correct)
+            if not ok
         ][: self.max_failures]
         return BenchmarkResult(metrics, {k: 50.0 for k in metrics}, counts, failures)

@@ -92,7 +92,10 @@ def require(benchmark: str, path: str | Path | None, layout: str, how: str) -> P
 
 
 def option_scores(
-    scorer: ClipScorer, refs: Sequence[Any], load: Callable[[Any], Image.Image], options: Sequence[Sequence[str]]
+    scorer: ClipScorer,
+    refs: Sequence[Any],
+    load: Callable[[Any], Image.Image],
+    options: Sequence[Sequence[str]],
 ) -> list[torch.Tensor]:
     """Image-vs-caption-options scores: for item i, cosine(image_i, option_ij) for every option j.
 

@@ -18,7 +18,15 @@ from typing import Any
 
 from PIL import Image
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, MissingData, option_scores, require, thumbnail
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkResult,
+    ClipScorer,
+    MissingData,
+    option_scores,
+    require,
+    thumbnail,
+)
 
 HOW = "CSVs from github.com/RAIVNLab/CREPE (data/), Visual Genome images (VG_100K, VG_100K_2)"
 
@@ -30,22 +38,44 @@ class Crepe(Benchmark):
 
     name = "crepe"
 
-    def __init__(self, root: str, image_dirs: list[str], *, train_dataset: str = "laion",
-                 syst_types: list[str] = ("atom", "comp"), prod_types: list[str] = ("atom", "negate", "swap"),
-                 complexities: list[int] = tuple(range(4, 13)), max_items: int | None = None, max_failures: int = 30) -> None:
+    def __init__(
+        self,
+        root: str,
+        image_dirs: list[str],
+        *,
+        train_dataset: str = "laion",
+        syst_types: list[str] = ("atom", "comp"),
+        prod_types: list[str] = ("atom", "negate", "swap"),
+        complexities: list[int] = tuple(range(4, 13)),
+        max_items: int | None = None,
+        max_failures: int = 30,
+    ) -> None:
         self.root, self.image_dirs, self.train_dataset = root, list(image_dirs), train_dataset
-        self.syst_types, self.prod_types, self.complexities = list(syst_types), list(prod_types), list(complexities)
+        self.syst_types, self.prod_types, self.complexities = (
+            list(syst_types),
+            list(prod_types),
+            list(complexities),
+        )
         self.max_items, self.max_failures = max_items, max_failures
 
     def splits(self, root: Path) -> list[tuple[str, Path, str]]:
         out = []
         for comp in ("seen", "unseen"):
-            path = root / "syst_hard_negatives" / f"syst_vg_hard_negs_{comp}_compounds_in_{self.train_dataset}.csv"
+            path = (
+                root
+                / "syst_hard_negatives"
+                / f"syst_vg_hard_negs_{comp}_compounds_in_{self.train_dataset}.csv"
+            )
             out += [(f"syst_{comp}_{t}", path, f"valid_hard_negs_{t}") for t in self.syst_types]
         for t in self.prod_types:
             for n in self.complexities:
-                out.append((f"prod_{t}_c{n}", root / "prod_hard_negatives" / t / f"prod_vg_hard_negs_{t}_complexity_{n}.csv",
-                            "hard_negs"))
+                out.append(
+                    (
+                        f"prod_{t}_c{n}",
+                        root / "prod_hard_negatives" / t / f"prod_vg_hard_negs_{t}_complexity_{n}.csv",
+                        "hard_negs",
+                    )
+                )
         return out
 
     def _image(self, image_id: str) -> Path:
@@ -53,7 +83,9 @@ class Crepe(Benchmark):
             p = Path(d) / f"{image_id}.jpg"
             if p.is_file():
                 return p
-        raise MissingData(self.name, Path(self.image_dirs[0]) / f"{image_id}.jpg", "<image_dir>/<image_id>.jpg", HOW)
+        raise MissingData(
+            self.name, Path(self.image_dirs[0]) / f"{image_id}.jpg", "<image_dir>/<image_id>.jpg", HOW
+        )
 
     def run(self, scorer: ClipScorer, *, context: dict[str, Any] | None = None) -> BenchmarkResult:
         root = require(self.name, self.root, "syst_hard_negatives/ and prod_hard_negatives/ CSV folders", HOW)
@@ -65,8 +97,16 @@ class Crepe(Benchmark):
             found += 1
             with path.open(newline="") as f:
                 rows = list(csv.DictReader(f))[: self.max_items]
-            refs = [(str(self._image(r["image_id"])), float(r["x"]), float(r["y"]), float(r["width"]), float(r["height"]))
-                    for r in rows]
+            refs = [
+                (
+                    str(self._image(r["image_id"])),
+                    float(r["x"]),
+                    float(r["y"]),
+                    float(r["width"]),
+                    float(r["height"]),
+                )
+                for r in rows
+            ]
             options = [[r["caption"], *ast.literal_eval(r[key])] for r in rows]
 
             def load(ref):
@@ -83,8 +123,16 @@ class Crepe(Benchmark):
             for ref, o, s, r in zip(refs, options, scores, ranks):
                 if r > 0 and len(failures) < self.max_failures:
                     j = int(s[1:].argmax()) + 1
-                    failures.append({"subset": split, "positive": o[0], "negative": o[j], "score_pos": float(s[0]),
-                                     "score_neg": float(s[j]), "image": thumbnail(load(ref))})
+                    failures.append(
+                        {
+                            "subset": split,
+                            "positive": o[0],
+                            "negative": o[j],
+                            "score_pos": float(s[0]),
+                            "score_neg": float(s[j]),
+                            "image": thumbnail(load(ref)),
+                        }
+                    )
         if not found:
             raise MissingData(self.name, root / "syst_hard_negatives", "the released CSV folders", HOW)
         return BenchmarkResult(metrics, chance, counts, failures)

@@ -24,22 +24,33 @@ def markdown_table(results: dict[str, float], chance: dict[str, float], counts: 
     for key, value in results.items():
         bench, subset, metric = key.split("/", 2)
         n = counts.get(f"{bench}/{subset}", "")
-        lines.append(f"| {bench} | {subset} | {metric} | {value:.2f} | {chance.get(key, math.nan):.2f} | {n} |")
+        lines.append(
+            f"| {bench} | {subset} | {metric} | {value:.2f} | {chance.get(key, math.nan):.2f} | {n} |"
+        )
     return "\n".join(lines)
 
 
 def comparison_table(per_model: dict[str, dict[str, float]], chance: dict[str, float]) -> str:
     names = list(per_model)
     keys = list(dict.fromkeys(k for r in per_model.values() for k in r))
-    lines = ["| benchmark/subset/metric | " + " | ".join(names) + " | chance |", "|---|" + "---:|" * (len(names) + 1)]
+    lines = [
+        "| benchmark/subset/metric | " + " | ".join(names) + " | chance |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
     for k in keys:
         vals = " | ".join(f"{per_model[n][k]:.2f}" if k in per_model[n] else "–" for n in names)
         lines.append(f"| {k} | {vals} | {chance.get(k, math.nan):.2f} |")
     return "\n".join(lines)
 
 
-def write_tables(out_dir: Path, results: dict[str, float], chance: dict[str, float], counts: dict[str, int],
-                 errors: dict[str, str], notes: dict[str, str]) -> str:
+def write_tables(
+    out_dir: Path,
+    results: dict[str, float],
+    chance: dict[str, float],
+    counts: dict[str, int],
+    errors: dict[str, str],
+    notes: dict[str, str],
+) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     with (out_dir / "results.csv").open("w", newline="") as f:
@@ -47,7 +58,16 @@ def write_tables(out_dir: Path, results: dict[str, float], chance: dict[str, flo
         w.writerow(["benchmark", "subset", "metric", "score", "chance", "n"])
         for key, value in results.items():
             bench, subset, metric = key.split("/", 2)
-            w.writerow([bench, subset, metric, f"{value:.4f}", chance.get(key, ""), counts.get(f"{bench}/{subset}", "")])
+            w.writerow(
+                [
+                    bench,
+                    subset,
+                    metric,
+                    f"{value:.4f}",
+                    chance.get(key, ""),
+                    counts.get(f"{bench}/{subset}", ""),
+                ]
+            )
     md = markdown_table(results, chance, counts)
     if notes:
         md += "\n\nNotes:\n" + "\n".join(f"- {k}: {v}" for k, v in notes.items())
@@ -70,7 +90,9 @@ def bar_plots(out_dir: Path, per_model: dict[str, dict[str, float]], chance: dic
             ax.bar(xs, [res.get(k, 0.0) for k in keys], width=width, label=name)
         for i, k in enumerate(keys):
             if k in chance:
-                ax.hlines(chance[k], i - width / 2, i + width * (len(per_model) - 0.5), colors="black", linewidth=1)
+                ax.hlines(
+                    chance[k], i - width / 2, i + width * (len(per_model) - 0.5), colors="black", linewidth=1
+                )
         ax.set_xticks([i + width * (len(per_model) - 1) / 2 for i in range(len(keys))])
         ax.set_xticklabels([k.split("/", 1)[1] for k in keys], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("%")
@@ -93,14 +115,21 @@ def _img_tag(image: Any) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="160">'
 
 
-def failures_html(out_dir: Path, failures: dict[str, list[dict[str, Any]]], title: str = "Failure cases") -> Path:
+def failures_html(
+    out_dir: Path, failures: dict[str, list[dict[str, Any]]], title: str = "Failure cases"
+) -> Path:
     """A self-contained HTML page (images inlined) of the cases each benchmark got wrong."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}td{padding:6px;vertical-align:top;border-bottom:1px solid #ddd}"
-             ".pos{color:#176317}.neg{color:#a31515}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}td{padding:6px;vertical-align:top;border-bottom:1px solid #ddd}"
+        ".pos{color:#176317}.neg{color:#a31515}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     for bench, cases in failures.items():
         parts.append(f"<h2>{html.escape(bench)} ({len(cases)} shown)</h2><table>")
-        parts.append("<tr><th>image</th><th>subset</th><th>positive (score)</th><th>chosen negative (score)</th></tr>")
+        parts.append(
+            "<tr><th>image</th><th>subset</th><th>positive (score)</th><th>chosen negative (score)</th></tr>"
+        )
         for c in cases:
             parts.append(
                 f"<tr><td>{_img_tag(c.get('image'))}</td><td>{html.escape(str(c.get('subset', '')))}</td>"

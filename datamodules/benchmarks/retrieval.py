@@ -19,29 +19,46 @@ from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, 
 from datamodules.records import load_image
 from lightning_modules.metrics import retrieval_recall
 
-HOW = "Karpathy-split annotations (coco_karpathy_test.json or dataset_coco.json) and the COCO/Flickr30k images"
+HOW = (
+    "Karpathy-split annotations (coco_karpathy_test.json or dataset_coco.json) and the COCO/Flickr30k images"
+)
 
 
 def read_annotations(path: Path, split: str) -> list[tuple[str, list[str]]]:
     data = json.loads(path.read_text())
     if isinstance(data, dict) and "images" in data:
-        return [(str(Path(im.get("filepath", "")) / im["filename"]), [s["raw"] for s in im["sentences"]])
-                for im in data["images"] if im.get("split") == split]
-    return [(it["image"], it["caption"] if isinstance(it["caption"], list) else [it["caption"]]) for it in data]
+        return [
+            (str(Path(im.get("filepath", "")) / im["filename"]), [s["raw"] for s in im["sentences"]])
+            for im in data["images"]
+            if im.get("split") == split
+        ]
+    return [
+        (it["image"], it["caption"] if isinstance(it["caption"], list) else [it["caption"]]) for it in data
+    ]
 
 
 class Retrieval(Benchmark):
     """Args: annotation, image_root, name (retrieval_coco | retrieval_flickr), split (Karpathy format),
     chunk: similarity rows per chunk, max_images: cap."""
 
-    def __init__(self, annotation: str, image_root: str, *, name: str = "retrieval_coco", split: str = "test",
-                 chunk: int = 1024, max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        annotation: str,
+        image_root: str,
+        *,
+        name: str = "retrieval_coco",
+        split: str = "test",
+        chunk: int = 1024,
+        max_images: int | None = None,
+    ) -> None:
         self.annotation, self.image_root, self.name = annotation, image_root, name
         self.split, self.chunk, self.max_images = split, chunk, max_images
 
     def run(self, scorer: ClipScorer, *, context: dict[str, Any] | None = None) -> BenchmarkResult:
         layout = "a Karpathy-split JSON and <image_root>/<image path>"
-        ann = read_annotations(require(self.name, self.annotation, layout, HOW), self.split)[: self.max_images]
+        ann = read_annotations(require(self.name, self.annotation, layout, HOW), self.split)[
+            : self.max_images
+        ]
         root = require(self.name, self.image_root, layout, HOW)
         img = scorer.encode_lazy([str(root / p) for p, _ in ann], load_image)
         texts = [c for _, caps in ann for c in caps]

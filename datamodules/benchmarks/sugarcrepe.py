@@ -13,11 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, option_scores, require, thumbnail
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkResult,
+    ClipScorer,
+    option_scores,
+    require,
+    thumbnail,
+)
 from datamodules.records import load_image
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
-HOW = "the JSON files from github.com/RAIVNLab/sugar-crepe (data/), images from COCO val2017 (cocodataset.org)"
+HOW = (
+    "the JSON files from github.com/RAIVNLab/sugar-crepe (data/), images from COCO val2017 (cocodataset.org)"
+)
 
 
 class SugarCrepe(Benchmark):
@@ -26,8 +35,15 @@ class SugarCrepe(Benchmark):
 
     name = "sugarcrepe"
 
-    def __init__(self, root: str, image_dir: str, *, subsets: list[str] | tuple[str, ...] = SUBSETS,
-                 max_items: int | None = None, max_failures: int = 30) -> None:
+    def __init__(
+        self,
+        root: str,
+        image_dir: str,
+        *,
+        subsets: list[str] | tuple[str, ...] = SUBSETS,
+        max_items: int | None = None,
+        max_failures: int = 30,
+    ) -> None:
         unknown = set(subsets) - set(SUBSETS)
         if unknown:
             raise ValueError(f"sugarcrepe.subsets: unknown {sorted(unknown)}; valid: {list(SUBSETS)}")
@@ -44,18 +60,35 @@ class SugarCrepe(Benchmark):
             path = require(self.name, root / f"{subset}.json", layout, HOW)
             items = list(json.loads(Path(path).read_text()).values())[: self.max_items]
             refs = [str(image_dir / it["filename"]) for it in items]
-            scores = option_scores(scorer, refs, load_image, [[it["caption"], it["negative_caption"]] for it in items])
+            scores = option_scores(
+                scorer, refs, load_image, [[it["caption"], it["negative_caption"]] for it in items]
+            )
             correct = [bool(s[0] > s[1]) for s in scores]
             metrics[f"{subset}/acc"] = 100.0 * sum(correct) / len(correct)
             chance[f"{subset}/acc"], counts[subset] = 50.0, len(correct)
             per_cat.setdefault(subset.split("_")[0], []).extend(correct)
             for it, ref, s, ok in zip(items, refs, scores, correct):
-                if not ok and sum(f["subset"] == subset for f in failures) < self.max_failures // len(self.subsets) + 1:
-                    failures.append({"subset": subset, "positive": it["caption"], "negative": it["negative_caption"],
-                                     "score_pos": float(s[0]), "score_neg": float(s[1]),
-                                     "image": thumbnail(load_image(ref))})
+                if (
+                    not ok
+                    and sum(f["subset"] == subset for f in failures)
+                    < self.max_failures // len(self.subsets) + 1
+                ):
+                    failures.append(
+                        {
+                            "subset": subset,
+                            "positive": it["caption"],
+                            "negative": it["negative_caption"],
+                            "score_pos": float(s[0]),
+                            "score_neg": float(s[1]),
+                            "image": thumbnail(load_image(ref)),
+                        }
+                    )
         for cat, oks in per_cat.items():
-            metrics[f"{cat}/acc"], chance[f"{cat}/acc"], counts[cat] = 100.0 * sum(oks) / len(oks), 50.0, len(oks)
+            metrics[f"{cat}/acc"], chance[f"{cat}/acc"], counts[cat] = (
+                100.0 * sum(oks) / len(oks),
+                50.0,
+                len(oks),
+            )
         metrics["mean/acc"] = sum(metrics[f"{s}/acc"] for s in self.subsets) / len(self.subsets)
         chance["mean/acc"] = 50.0
         return BenchmarkResult(metrics, chance, counts, failures)

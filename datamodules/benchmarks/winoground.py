@@ -16,9 +16,18 @@ from typing import Any
 import torch
 from PIL import Image
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, MissingData, require, thumbnail
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkResult,
+    ClipScorer,
+    MissingData,
+    require,
+    thumbnail,
+)
 
-HOW = "the gated dataset facebook/winoground (accept its terms on the HF hub, download once, keep a local copy)"
+HOW = (
+    "the gated dataset facebook/winoground (accept its terms on the HF hub, download once, keep a local copy)"
+)
 LAYOUT = "<root>/examples.jsonl + <root>/images/<image_id>.png, or a datasets.save_to_disk folder"
 
 
@@ -35,15 +44,27 @@ def load_items(root: Path) -> list[dict]:
             raise MissingData("winoground", root / "images" / f"{name}.png", LAYOUT, HOW)
 
         return [{**it, "load_0": (img, it["image_0"]), "load_1": (img, it["image_1"])} for it in items]
-    if (root / "dataset_info.json").is_file() or (root / "state.json").is_file() or (root / "dataset_dict.json").is_file():
+    if (
+        (root / "dataset_info.json").is_file()
+        or (root / "state.json").is_file()
+        or (root / "dataset_dict.json").is_file()
+    ):
         import datasets
 
         ds = datasets.load_from_disk(str(root))
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["test"]
-        return [{"id": i, "caption_0": r["caption_0"], "caption_1": r["caption_1"], "tag": r.get("tag", ""),
-                 "load_0": (lambda x: x.convert("RGB"), r["image_0"]), "load_1": (lambda x: x.convert("RGB"), r["image_1"])}
-                for i, r in enumerate(ds)]
+        return [
+            {
+                "id": i,
+                "caption_0": r["caption_0"],
+                "caption_1": r["caption_1"],
+                "tag": r.get("tag", ""),
+                "load_0": (lambda x: x.convert("RGB"), r["image_0"]),
+                "load_1": (lambda x: x.convert("RGB"), r["image_1"]),
+            }
+            for i, r in enumerate(ds)
+        ]
     raise MissingData("winoground", root / "examples.jsonl", LAYOUT, HOW)
 
 
@@ -64,7 +85,9 @@ class Winoground(Benchmark):
         items = load_items(require(self.name, self.root, LAYOUT, HOW))[: self.max_items]
         refs = [it[f"load_{k}"] for it in items for k in (0, 1)]
         img = scorer.encode_lazy(refs, lambda r: r[0](r[1])).view(len(items), 2, -1)
-        txt = scorer.encode_texts([it[f"caption_{k}"] for it in items for k in (0, 1)]).view(len(items), 2, -1)
+        txt = scorer.encode_texts([it[f"caption_{k}"] for it in items for k in (0, 1)]).view(
+            len(items), 2, -1
+        )
         s = torch.einsum("nid,ncd->nci", img, txt)
         ok = winoground_scores(s)
         metrics, chance, counts = {}, {}, {}
@@ -78,7 +101,14 @@ class Winoground(Benchmark):
         failures = []
         for n in (~ok["group"]).nonzero().flatten().tolist()[: self.max_failures]:
             it = items[n]
-            failures.append({"subset": it.get("tag", "all"), "positive": it["caption_0"], "negative": it["caption_1"],
-                             "score_pos": float(s[n, 0, 0]), "score_neg": float(s[n, 1, 0]),
-                             "image": thumbnail(it["load_0"][0](it["load_0"][1]))})
+            failures.append(
+                {
+                    "subset": it.get("tag", "all"),
+                    "positive": it["caption_0"],
+                    "negative": it["caption_1"],
+                    "score_pos": float(s[n, 0, 0]),
+                    "score_neg": float(s[n, 1, 0]),
+                    "image": thumbnail(it["load_0"][0](it["load_0"][1])),
+                }
+            )
         return BenchmarkResult(metrics, chance, counts, failures)

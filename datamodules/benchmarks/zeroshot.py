@@ -13,8 +13,14 @@ import torch.nn.functional as F
 from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, require
 from datamodules.records import load_image
 
-TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a photo of the large {}.", "a photo of the small {}.",
-             "a drawing of a {}.", "a close-up photo of a {}."]
+TEMPLATES = [
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a drawing of a {}.",
+    "a close-up photo of a {}.",
+]
 EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -22,8 +28,15 @@ class ZeroShot(Benchmark):
     """Args: root: <root>/<class folder>/<image>; name; classnames_file: one name per line in sorted-folder order;
     templates: prompt templates with {}; max_per_class: cap."""
 
-    def __init__(self, root: str, *, name: str = "zeroshot", classnames_file: str | None = None,
-                 templates: list[str] | None = None, max_per_class: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        name: str = "zeroshot",
+        classnames_file: str | None = None,
+        templates: list[str] | None = None,
+        max_per_class: int | None = None,
+    ) -> None:
         self.root, self.name, self.classnames_file = root, name, classnames_file
         self.templates = list(templates or TEMPLATES)
         if not all("{}" in t for t in self.templates):
@@ -31,12 +44,16 @@ class ZeroShot(Benchmark):
         self.max_per_class = max_per_class
 
     def run(self, scorer: ClipScorer, *, context: dict[str, Any] | None = None) -> BenchmarkResult:
-        root = require(self.name, self.root, "<root>/<class>/<image files>", "any ImageNet-style folder dataset")
+        root = require(
+            self.name, self.root, "<root>/<class>/<image files>", "any ImageNet-style folder dataset"
+        )
         folders = sorted(p for p in root.iterdir() if p.is_dir())
         if self.classnames_file:
             names = [x.strip() for x in Path(self.classnames_file).read_text().splitlines() if x.strip()]
             if len(names) != len(folders):
-                raise ValueError(f"zeroshot.classnames_file has {len(names)} names for {len(folders)} class folders")
+                raise ValueError(
+                    f"zeroshot.classnames_file has {len(names)} names for {len(folders)} class folders"
+                )
         else:
             names = [f.name.replace("_", " ") for f in folders]
         paths, labels = [], []
@@ -44,16 +61,21 @@ class ZeroShot(Benchmark):
             files = sorted(p for p in f.iterdir() if p.suffix.lower() in EXTS)[: self.max_per_class]
             paths += [str(p) for p in files]
             labels += [c] * len(files)
-        classifier = torch.stack([
-            F.normalize(scorer.encode_texts([t.format(n) for t in self.templates]).mean(0), dim=-1) for n in names
-        ])
+        classifier = torch.stack(
+            [
+                F.normalize(scorer.encode_texts([t.format(n) for t in self.templates]).mean(0), dim=-1)
+                for n in names
+            ]
+        )
         img = scorer.encode_lazy(paths, load_image)
         logits = img @ classifier.T
         y = torch.tensor(labels)
         k = min(5, len(names))
         top = logits.topk(k, dim=1).indices
         c = len(names)
-        metrics = {"all/top1": 100.0 * (top[:, 0] == y).float().mean().item(),
-                   f"all/top{k}": 100.0 * (top == y[:, None]).any(1).float().mean().item()}
+        metrics = {
+            "all/top1": 100.0 * (top[:, 0] == y).float().mean().item(),
+            f"all/top{k}": 100.0 * (top == y[:, None]).any(1).float().mean().item(),
+        }
         chance = {"all/top1": 100.0 / c, f"all/top{k}": 100.0 * k / c}
         return BenchmarkResult(metrics, chance, {"all": len(paths)})

@@ -99,14 +99,28 @@ class _HardNegative(nn.Module):
         super().__init__()
         name = name or f"hardneg_{self.modality}"
         if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
-            raise ValueError(f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}")
+            raise ValueError(
+                f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}"
+            )
         self.weight, self.mode, self.kinds, self.role, self.name = weight, mode, kinds, role, name
 
     def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
         if self.modality == "text":
-            anchor, pos, neg, owner, kinds = x.img_BD, x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.txt_neg_kind
+            anchor, pos, neg, owner, kinds = (
+                x.img_BD,
+                x.txt_BD,
+                x.txt_neg_ND,
+                x.txt_neg_owner_N,
+                x.txt_neg_kind,
+            )
         else:
-            anchor, pos, neg, owner, kinds = x.txt_BD, x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
+            anchor, pos, neg, owner, kinds = (
+                x.txt_BD,
+                x.img_BD,
+                x.img_neg_MD,
+                x.img_neg_owner_M,
+                x.img_neg_kind,
+            )
         keep = select(kinds, self.kinds).to(anchor.device)
         loss = _hard_negative_term(anchor, pos, neg[keep], owner[keep], x.logit_scale, self.mode, self.role)
         return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
