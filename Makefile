@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install train test test-slow test-gpu lint evaluate clean
+.PHONY: install train test test-slow test-gpu lint evaluate clean scorers
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ train: $(STAMP)
 ## Evaluate a checkpoint: make evaluate ARGS="ckpt_path=logs/runs/<run>/checkpoints/last.ckpt"
 evaluate: $(STAMP)
 	$(PY) evaluate.py $(ARGS)
+
+## Gate scorers for the synthetic world: a tiny ViT and a tiny ResNet CLIP trained on clean synthetic data,
+## exported to data/scorers/{tiny-vit,tiny-rn}.safetensors (used by conf/gate/synthetic.yaml).
+SCORER_ARGS = trainer.max_steps=600 trainer.val_check_interval=300 evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
+scorers: $(STAMP)
+	$(PY) train.py model=tiny_vit seed=100 $(SCORER_ARGS) hydra.run.dir=data/scorers/tiny-vit-run
+	$(PY) -m lightning_modules.export data/scorers/tiny-vit-run/checkpoints/last.ckpt data/scorers/tiny-vit.safetensors
+	$(PY) train.py model=tiny_rn seed=101 $(SCORER_ARGS) hydra.run.dir=data/scorers/tiny-rn-run
+	$(PY) -m lightning_modules.export data/scorers/tiny-rn-run/checkpoints/last.ckpt data/scorers/tiny-rn.safetensors
 
 ## Default test run: CPU-only, offline, no slow or gpu tests.
 test: $(STAMP)

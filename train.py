@@ -68,6 +68,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     )
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     callbacks = [instantiate(v) for v in (cfg.get("callbacks") or {}).values() if v is not None]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger: drop it rather than fail
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for lg in loggers:
         lg.log_hyperparams(run_cfg)

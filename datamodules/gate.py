@@ -41,8 +41,13 @@ class GateScorer:
 
     def scorer(self, device: str = "cpu", batch_size: int = 128) -> ClipScorer:
         if self._scorer is None:
-            self._scorer = ClipScorer(self.model.build().eval().to(device), self.model.image_transform(),
-                                      self.model.tokenizer(), device=device, batch_size=batch_size)
+            self._scorer = ClipScorer(
+                self.model.build().eval().to(device),
+                self.model.image_transform(),
+                self.model.tokenizer(),
+                device=device,
+                batch_size=batch_size,
+            )
         return self._scorer
 
     def raw(self, images, captions, device: str = "cpu") -> torch.Tensor:
@@ -58,16 +63,27 @@ class Gate:
     device: where the scorers run.
     """
 
-    def __init__(self, scorers: list[GateScorer], *, combine: Literal["mean", "min"] = "mean",
-                 threshold: float = 2.0, device: str = "cpu", stats_file: str | None = None) -> None:
+    def __init__(
+        self,
+        scorers: list[GateScorer],
+        *,
+        combine: Literal["mean", "min"] = "mean",
+        threshold: float = 2.0,
+        device: str = "cpu",
+        stats_file: str | None = None,
+    ) -> None:
         if len(scorers) < 2 or {s.tower for s in scorers} != {"vit", "cnn"}:
-            raise ValueError("gate.scorers: need >= 2 scorers with at least one 'vit' and one 'cnn' image tower")
+            raise ValueError(
+                "gate.scorers: need >= 2 scorers with at least one 'vit' and one 'cnn' image tower"
+            )
         for s in scorers:
             arch = s.model.config["vision_cfg"]
             is_cnn = isinstance(arch.get("layers"), (list, tuple)) or "timm_model_name" in arch
             if (s.tower == "cnn") != bool(is_cnn):
-                raise ValueError(f"gate.scorers.{s.name}: tower={s.tower} but {s.model.name} has a "
-                                 f"{'CNN' if is_cnn else 'ViT'} image tower")
+                raise ValueError(
+                    f"gate.scorers.{s.name}: tower={s.tower} but {s.model.name} has a "
+                    f"{'CNN' if is_cnn else 'ViT'} image tower"
+                )
         if combine not in ("mean", "min"):
             raise ValueError(f"gate.combine must be mean or min, got {combine!r}")
         self.scorers, self.combine, self.threshold, self.device = scorers, combine, threshold, device
@@ -85,7 +101,9 @@ class Gate:
         out = {}
         for s in self.scorers:
             if s.mu is None or s.sigma is None:
-                raise RuntimeError(f"gate scorer '{s.name}' is not calibrated: run the calibrate command first")
+                raise RuntimeError(
+                    f"gate scorer '{s.name}' is not calibrated: run the calibrate command first"
+                )
             out[s.name] = (s.raw(images, captions, self.device) - s.mu) / s.sigma
         stacked = torch.stack([out[s.name] for s in self.scorers])
         out["combined"] = stacked.mean(0) if self.combine == "mean" else stacked.min(0).values
@@ -94,7 +112,9 @@ class Gate:
     def passes(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         return scores["combined"] >= self.threshold
 
-    def calibrate(self, images, captions, out_dir: str | Path, *, target_far: float = 0.05, seed: int = 0) -> dict:
+    def calibrate(
+        self, images, captions, out_dir: str | Path, *, target_far: float = 0.05, seed: int = 0
+    ) -> dict:
         """Scores matched pairs and the same captions shuffled across images; sets each scorer's normalisation,
         saves `gate_stats.json`, a histogram plot and the threshold whose false-accept rate on shuffled pairs is
         `target_far` (with the matched pairs' true-accept rate at that threshold)."""
@@ -105,25 +125,40 @@ class Gate:
         random.Random(seed).shuffle(perm)
         perm = [(p + 1) % n if p == i else p for i, p in enumerate(perm)]  # no caption stays with its image
         shuffled = [captions[p] for p in perm]
-        raw = {s.name: (s.raw(images, captions, self.device), s.raw(images, shuffled, self.device)) for s in self.scorers}
+        raw = {
+            s.name: (s.raw(images, captions, self.device), s.raw(images, shuffled, self.device))
+            for s in self.scorers
+        }
         stats = {}
         for s in self.scorers:
             _, mis = raw[s.name]
             s.mu, s.sigma = float(mis.mean()), float(mis.std().clamp_min(1e-6))
             stats[s.name] = {"mu": s.mu, "sigma": s.sigma}
-        norm = {k: ((m - stats[k]["mu"]) / stats[k]["sigma"], (x - stats[k]["mu"]) / stats[k]["sigma"]) for k, (m, x) in raw.items()}
+        norm = {
+            k: ((m - stats[k]["mu"]) / stats[k]["sigma"], (x - stats[k]["mu"]) / stats[k]["sigma"])
+            for k, (m, x) in raw.items()
+        }
         agg = torch.mean if self.combine == "mean" else (lambda t, dim: t.min(dim).values)
         matched = agg(torch.stack([norm[s.name][0] for s in self.scorers]), 0)
         mism = agg(torch.stack([norm[s.name][1] for s in self.scorers]), 0)
         thr = float(torch.quantile(mism, 1 - target_far))
-        result = {"stats": stats, "suggested_threshold": thr, "target_far": target_far,
-                  "far_at_threshold": float((mism >= thr).float().mean()),
-                  "tar_at_threshold": float((matched >= thr).float().mean()), "num_pairs": n}
+        result = {
+            "stats": stats,
+            "suggested_threshold": thr,
+            "target_far": target_far,
+            "far_at_threshold": float((mism >= thr).float().mean()),
+            "tar_at_threshold": float((matched >= thr).float().mean()),
+            "num_pairs": n,
+        }
         (out_dir / "gate_stats.json").write_text(json.dumps(stats, indent=2))
         (out_dir / "calibration.json").write_text(json.dumps(result, indent=2))
         self._plot(out_dir / "gate_histogram.png", norm, matched, mism, thr)
-        log.info("gate calibrated: threshold %.3f gives FAR %.3f, TAR %.3f", thr, result["far_at_threshold"],
-                 result["tar_at_threshold"])
+        log.info(
+            "gate calibrated: threshold %.3f gives FAR %.3f, TAR %.3f",
+            thr,
+            result["far_at_threshold"],
+            result["tar_at_threshold"],
+        )
         return result
 
     def _plot(self, path: Path, norm, matched, mism, thr: float) -> None:

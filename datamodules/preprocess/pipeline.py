@@ -45,9 +45,19 @@ class Preprocessor:
     seed: per-record RNG seed.
     """
 
-    def __init__(self, gate: Gate, *, captioner: Any = None, t2i: Any = None, repair_rounds: int = 2,
-                 min_side: int = 8, max_pixels: int = 50_000_000, cache_dir: str | None = None,
-                 batch_size: int = 256, seed: int = 0) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        *,
+        captioner: Any = None,
+        t2i: Any = None,
+        repair_rounds: int = 2,
+        min_side: int = 8,
+        max_pixels: int = 50_000_000,
+        cache_dir: str | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
         self.gate, self.captioner, self.t2i = gate, captioner, t2i
         self.repair_rounds, self.min_side, self.max_pixels = repair_rounds, min_side, max_pixels
         self.cache = DiskCache(cache_dir, "preprocess") if cache_dir else None
@@ -55,13 +65,23 @@ class Preprocessor:
         self.calls: Counter = Counter()
 
     # -- cached model calls ---------------------------------------------------------------------------------------
-    def _cached_text(self, kind: str, backend: Any, image: Image.Image, record: Record, rng: random.Random) -> str:
-        key = cache_key(stage=kind, backend=backend.identity(), image=_image_bytes_key(image), caption=record.caption,
-                        seed=self.seed, record=record.id)
+    def _cached_text(
+        self, kind: str, backend: Any, image: Image.Image, record: Record, rng: random.Random
+    ) -> str:
+        key = cache_key(
+            stage=kind,
+            backend=backend.identity(),
+            image=_image_bytes_key(image),
+            caption=record.caption,
+            seed=self.seed,
+            record=record.id,
+        )
         if self.cache is not None and (hit := self.cache.get_json(key)) is not None:
             return hit
         self.calls[kind] += 1
-        text = backend.caption(image, record, rng) if kind == "caption" else backend.repair(image, record, rng)
+        text = (
+            backend.caption(image, record, rng) if kind == "caption" else backend.repair(image, record, rng)
+        )
         if self.cache is not None:
             self.cache.put_json(key, text)
         return text
@@ -70,7 +90,13 @@ class Preprocessor:
         if not getattr(self.t2i, "cacheable", True):
             self.calls["text_to_image"] += 1
             return self.t2i.generate(caption, rng)
-        key = cache_key(stage="text_to_image", backend=self.t2i.identity(), caption=caption, seed=self.seed, record=record.id)
+        key = cache_key(
+            stage="text_to_image",
+            backend=self.t2i.identity(),
+            caption=caption,
+            seed=self.seed,
+            record=record.id,
+        )
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return None if hit == b"" else Image.open(io.BytesIO(hit)).convert("RGB")
         self.calls["text_to_image"] += 1
@@ -105,7 +131,9 @@ class Preprocessor:
                     if isinstance(r.image, str) and not Path(r.image).is_file():
                         raise FileNotFoundError(r.image)
                     if not isinstance(r.image, ImageRef):
-                        with Image.open(r.image if isinstance(r.image, str) else io.BytesIO(r.image)) as probe:
+                        with Image.open(
+                            r.image if isinstance(r.image, str) else io.BytesIO(r.image)
+                        ) as probe:
                             w, h = probe.size
                             if w * h > self.max_pixels:
                                 dropped["image_too_large"] += 1
@@ -176,6 +204,8 @@ class Preprocessor:
             retry = []
             for k, ((r, image), ok) in enumerate(zip(pending, passed)):
                 r.gate_scores = {name: float(v[k]) for name, v in scores.items()}
+                if round_ == 0:
+                    r.meta["gate_first_pass"] = bool(ok)
                 if ok:
                     if round_ > 0:
                         r.meta["produced"] = "repaired"
@@ -185,7 +215,9 @@ class Preprocessor:
                     rng = random.Random(f"{self.seed}-{r.id}-repair{round_}")
                     r.meta.setdefault("original_caption", r.caption)
                     r.caption = self._cached_text("repair", self.captioner, image, r, rng)
-                    r.provenance.append({"stage": "repair", "round": round_ + 1, "model": self.captioner.identity()})
+                    r.provenance.append(
+                        {"stage": "repair", "round": round_ + 1, "model": self.captioner.identity()}
+                    )
                     retry.append((r, image))
                 else:
                     dropped["gate_failed" if self.captioner is None else "gate_failed_after_repair"] += 1
@@ -199,14 +231,33 @@ class Preprocessor:
                 path = out_dir / "images" / f"{r.id}.png"
                 image.save(path)
                 counts[r.meta.get("produced", "kept")] += 1
-                f.write(json.dumps({"id": r.id, "image": f"images/{r.id}.png", "caption": r.caption, "source": r.source,
-                                    "provenance": r.provenance, "gate_scores": r.gate_scores}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": r.id,
+                            "image": f"images/{r.id}.png",
+                            "caption": r.caption,
+                            "source": r.source,
+                            "provenance": r.provenance,
+                            "gate_scores": r.gate_scores,
+                        }
+                    )
+                    + "\n"
+                )
         timings["write"] = time.perf_counter() - t0
-        report = {"counts": dict(counts), "dropped": dict(dropped), "output": len(kept),
-                  "accounted": len(kept) + sum(dropped.values()), "timings_s": timings, "model_calls": dict(self.calls),
-                  "gate": {"threshold": self.gate.threshold, "combine": self.gate.combine}}
+        report = {
+            "counts": dict(counts),
+            "dropped": dict(dropped),
+            "output": len(kept),
+            "accounted": len(kept) + sum(dropped.values()),
+            "timings_s": timings,
+            "model_calls": dict(self.calls),
+            "gate": {"threshold": self.gate.threshold, "combine": self.gate.combine},
+        }
         if report["accounted"] != counts["input"]:
-            raise AssertionError(f"preprocess lost records: {counts['input']} in, {report['accounted']} accounted")
+            raise AssertionError(
+                f"preprocess lost records: {counts['input']} in, {report['accounted']} accounted"
+            )
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
         self._write_md(out_dir, report, history)
         return {"report": report, "kept": [r for r, _ in kept], "all": [r for r, _ in pairs]}
@@ -223,14 +274,22 @@ class Preprocessor:
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _write_md(self, out_dir: Path, report: dict, history: list[float]) -> None:
-        lines = ["# Preprocessing report", "", f"input records: {report['counts'].get('input', 0)}; "
-                 f"clean pairs written: {report['output']}", "", "| outcome | count |", "|---|---:|"]
+        lines = [
+            "# Preprocessing report",
+            "",
+            f"input records: {report['counts'].get('input', 0)}; clean pairs written: {report['output']}",
+            "",
+            "| outcome | count |",
+            "|---|---:|",
+        ]
         for k, v in sorted(report["counts"].items()):
             if k != "input":
                 lines.append(f"| {k} | {v} |")
         for k, v in sorted(report["dropped"].items()):
             lines.append(f"| dropped: {k} | {v} |")
-        lines += ["", "| stage | seconds |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in report["timings_s"].items()]
+        lines += ["", "| stage | seconds |", "|---|---:|"] + [
+            f"| {k} | {v:.2f} |" for k, v in report["timings_s"].items()
+        ]
         (out_dir / "report.md").write_text("\n".join(lines) + "\n")
         if history:
             import matplotlib

@@ -13,8 +13,17 @@ from dataclasses import replace
 from PIL import Image
 
 from datamodules.records import Record
-from datamodules.world.claims import Count, Exists, Negation, Relation, caption_claim, claim_descs, holds, parse_claim
 from datamodules.sources.synthetic import SceneImage
+from datamodules.world.claims import (
+    Count,
+    Exists,
+    Negation,
+    Relation,
+    caption_claim,
+    claim_descs,
+    holds,
+    parse_claim,
+)
 from datamodules.world.scene import COLORS, SIZES, Obj, Scene, World
 
 
@@ -36,7 +45,9 @@ class SceneCaptioner:
             raise ValueError(f"scene captioner needs synthetic-world images; record {record.id} has none")
         return scene
 
-    def caption(self, image: Image.Image, record: Record, rng: random.Random, *, current: str | None = None) -> str:
+    def caption(
+        self, image: Image.Image, record: Record, rng: random.Random, *, current: str | None = None
+    ) -> str:
         scene = self._scene(record)
         claim = caption_claim(scene, rng, self.world, heldout_ok=False)
         text = claim.text()
@@ -65,8 +76,13 @@ def scene_for_claim(claim, world: World, rng: random.Random, tries: int = 300) -
         for d in wanted:
             size = d.size or rng.choice(tuple(SIZES))
             r = SIZES[size]
-            o = Obj(d.shape, d.color or rng.choice(tuple(COLORS)), size, round(rng.uniform(r, 1 - r), 4),
-                    round(rng.uniform(r, 1 - r), 4))
+            o = Obj(
+                d.shape,
+                d.color or rng.choice(tuple(COLORS)),
+                size,
+                round(rng.uniform(r, 1 - r), 4),
+                round(rng.uniform(r, 1 - r), 4),
+            )
             if any((o.x - p.x) ** 2 + (o.y - p.y) ** 2 <= (o.radius + p.radius + 0.02) ** 2 for p in objs):
                 break
             objs.append(o)
