@@ -120,24 +120,18 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_pix2pix_dir(tmp_path_factory) -> Path:
-    """A tiny random InstructPix2Pix pipeline (diffusers' get_dummy_components sizes) saved offline."""
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionInstructPix2PixPipeline,
-        UNet2DConditionModel,
-    )
+def tiny_sd_components(in_channels: int) -> dict:
+    """diffusers' get_dummy_components sizes: UNet (in_channels 8 for InstructPix2Pix, 4 for img2img), tiny VAE,
+    tiny CLIP text encoder, an offline word-level tokenizer."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    path = tmp_path_factory.mktemp("tiny_p2p")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
-        layers_per_block=2,
+        layers_per_block=1,
         sample_size=32,
-        in_channels=8,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -163,7 +157,7 @@ def tiny_pix2pix_dir(tmp_path_factory) -> Path:
             vocab_size=1000,
         )
     )
-    pipe = StableDiffusionInstructPix2PixPipeline(
+    return dict(
         unet=unet,
         scheduler=PNDMScheduler(skip_prk_steps=True),
         vae=vae,
@@ -173,5 +167,13 @@ def tiny_pix2pix_dir(tmp_path_factory) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_pix2pix_dir(tmp_path_factory) -> Path:
+    """A tiny random InstructPix2Pix pipeline saved offline."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    path = tmp_path_factory.mktemp("tiny_p2p")
+    StableDiffusionInstructPix2PixPipeline(**tiny_sd_components(8)).save_pretrained(path)
     return path

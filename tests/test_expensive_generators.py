@@ -140,53 +140,11 @@ def test_diffusion_editor_rejects_unknown_pipeline():
 
 def test_img2img_pipeline_through_the_same_editor(tmp_path):
     """Any diffusers editing class by name: a tiny StableDiffusionImg2ImgPipeline (UNet in_channels=4)."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionImg2ImgPipeline
 
-    from tests.conftest import tiny_tokenizer
+    from tests.conftest import tiny_sd_components
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-    )
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=2,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            pad_token_id=1,
-            vocab_size=1000,
-        )
-    )
-    StableDiffusionImg2ImgPipeline(
-        unet=unet,
-        scheduler=PNDMScheduler(skip_prk_steps=True),
-        vae=vae,
-        text_encoder=te,
-        tokenizer=tiny_tokenizer(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(tmp_path / "p")
+    StableDiffusionImg2ImgPipeline(**tiny_sd_components(4)).save_pretrained(tmp_path / "p")
     editor = DiffusersEditor(
         pipeline="StableDiffusionImg2ImgPipeline",
         model=str(tmp_path / "p"),

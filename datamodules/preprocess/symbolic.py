@@ -22,9 +22,11 @@ from datamodules.world.claims import (
     caption_claim,
     claim_descs,
     holds,
+    overlaps,
     parse_claim,
+    random_object,
 )
-from datamodules.world.scene import COLORS, SIZES, Obj, Scene, World
+from datamodules.world.scene import COLORS, Obj, Scene, World
 
 
 class SceneCaptioner:
@@ -74,16 +76,8 @@ def scene_for_claim(claim, world: World, rng: random.Random, tries: int = 300) -
         if isinstance(claim, Count):
             wanted = [claim.desc] * claim.n
         for d in wanted:
-            size = d.size or rng.choice(tuple(SIZES))
-            r = SIZES[size]
-            o = Obj(
-                d.shape,
-                d.color or rng.choice(tuple(COLORS)),
-                size,
-                round(rng.uniform(r, 1 - r), 4),
-                round(rng.uniform(r, 1 - r), 4),
-            )
-            if any((o.x - p.x) ** 2 + (o.y - p.y) ** 2 <= (o.radius + p.radius + 0.02) ** 2 for p in objs):
+            o = random_object(d, rng)
+            if overlaps(o, objs):
                 break
             objs.append(o)
         else:

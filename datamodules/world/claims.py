@@ -104,6 +104,23 @@ class Negation:
 Claim = Exists | Relation | Count | Negation
 
 
+def random_object(d: Desc, rng: random.Random) -> Obj:
+    """An object matching `d` (unspecified colour/size drawn at random) at a random position on the canvas."""
+    size = d.size or rng.choice(tuple(SIZES))
+    r = SIZES[size]
+    return Obj(
+        d.shape,
+        d.color or rng.choice(tuple(COLORS)),
+        size,
+        round(rng.uniform(r, 1 - r), 4),
+        round(rng.uniform(r, 1 - r), 4),
+    )
+
+
+def overlaps(o: Obj, others) -> bool:
+    return any((o.x - p.x) ** 2 + (o.y - p.y) ** 2 <= (o.radius + p.radius + 0.02) ** 2 for p in others)
+
+
 def holds(claim: Claim, scene: Scene, margin: float) -> bool:
     objs = scene.objects
     if isinstance(claim, Exists):

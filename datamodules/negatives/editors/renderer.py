@@ -12,7 +12,7 @@ from PIL import Image
 
 from datamodules.negatives.editors.base import ImageEditor
 from datamodules.records import Record
-from datamodules.world.claims import Count, Negation, claim_descs, holds, parse_claim
+from datamodules.world.claims import Count, Negation, claim_descs, holds, parse_claim, random_object
 from datamodules.world.render import render_scene
 from datamodules.world.scene import COLORS, SHAPES, SIZES, Obj, Scene, World, swap_attribute
 
@@ -56,15 +56,7 @@ def candidate_edits(scene: Scene, target, rng: random.Random):
         wanted = [d for d in claim_descs(target)] if isinstance(target, (Count, Negation)) else []
         for d in wanted:
             for _ in range(30):
-                size = d.size or rng.choice(tuple(SIZES))
-                r = SIZES[size]
-                o = Obj(
-                    d.shape,
-                    d.color or rng.choice(tuple(COLORS)),
-                    size,
-                    round(rng.uniform(r, 1 - r), 4),
-                    round(rng.uniform(r, 1 - r), 4),
-                )
+                o = random_object(d, rng)
                 if _free(objs, o):
                     yield Scene(objs + (o,))
                     break
