@@ -89,18 +89,23 @@ def test_symbolic_backends():
 
 def test_pipeline_accounts_for_every_record_and_caches(gate, tmp_path):
     world = World()
-    src = NoisySyntheticSource(
-        world,
-        num_train=120,
-        num_val=0,
-        num_test=0,
-        mismatch_rate=0.2,
-        lone_image_rate=0.1,
-        lone_text_rate=0.1,
-    )
-    pre = Preprocessor(
-        gate, captioner=SceneCaptioner(world, 0.1), t2i=RendererT2I(world), cache_dir=str(tmp_path / "c")
-    )
+
+    def fresh():  # the pipeline mutates records, so each run gets newly made ones
+        src = NoisySyntheticSource(
+            world,
+            num_train=120,
+            num_val=0,
+            num_test=0,
+            mismatch_rate=0.2,
+            lone_image_rate=0.1,
+            lone_text_rate=0.1,
+        )
+        pre = Preprocessor(
+            gate, captioner=SceneCaptioner(world, 0.1), t2i=RendererT2I(world), cache_dir=str(tmp_path / "c")
+        )
+        return src, pre
+
+    src, pre = fresh()
     out = pre.run(src.records("train"), tmp_path / "out")
     rep = out["report"]
     assert rep["accounted"] == 120 and rep["counts"]["input"] == 120
@@ -109,18 +114,7 @@ def test_pipeline_accounts_for_every_record_and_caches(gate, tmp_path):
     assert len(lines) == rep["output"] and all((tmp_path / "out" / x["image"]).is_file() for x in lines)
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "gate_scores.png").is_file()
     # Re-running the same config makes no model calls.
-    src2 = NoisySyntheticSource(
-        world,
-        num_train=120,
-        num_val=0,
-        num_test=0,
-        mismatch_rate=0.2,
-        lone_image_rate=0.1,
-        lone_text_rate=0.1,
-    )
-    pre2 = Preprocessor(
-        gate, captioner=SceneCaptioner(world, 0.1), t2i=RendererT2I(world), cache_dir=str(tmp_path / "c")
-    )
+    src2, pre2 = fresh()
     out2 = pre2.run(src2.records("train"), tmp_path / "out2")
     assert (
         pre.calls["caption"] + pre.calls["repair"] > 0 and pre2.calls["caption"] + pre2.calls["repair"] == 0

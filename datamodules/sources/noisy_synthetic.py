@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from datamodules.records import Record
-from datamodules.sources.base import SPLITS, Source
+from datamodules.sources.base import Source
 from datamodules.sources.synthetic import SyntheticWorldSource
 from datamodules.world.scene import World
 
@@ -47,11 +47,9 @@ class NoisySyntheticSource(Source):
         return self.clean.leaks(text)
 
     def records(self, split: str) -> list[Record]:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
+        recs = self.clean.records(split)  # validates the split name
         if split in self._cache:
             return self._cache[split]
-        recs = self.clean.records(split)
         if split == "test":
             return recs
         rng = random.Random(f"noise-{self.seed}-{split}")
