@@ -36,6 +36,28 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
+def maybe_preprocess(cfg: DictConfig) -> None:
+    """With a raw source selected (raw=...), build or refresh the clean manifest before training on it."""
+    pre = cfg.get("preprocess")
+    raw = pre.get("raw") if pre is not None else None
+    source = cfg.data.get("source") or {}
+    if raw is None:
+        if "preprocess" in source:
+            raise ValueError(
+                "preprocess.raw: data=preprocessed needs a raw source, e.g. raw=noisy_synthetic or raw=pairs "
+                "preprocess.raw.train_path=/data/raw.jsonl"
+            )
+        return
+    if "preprocess" not in source:
+        raise ValueError(
+            "preprocess.raw is set but data.source does not read preprocessed manifests; add data=preprocessed "
+            "(or remove raw=...)"
+        )
+    from datamodules.preprocess.run import ensure_clean
+
+    ensure_clean(pre)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fits, tests and evaluates one run; returns the final metrics (flat keys)."""
     try:
@@ -52,6 +74,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.save(OmegaConf.create(run_cfg), out_dir / ".hydra" / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
 
+    maybe_preprocess(cfg)
     spec = instantiate(cfg.model)
     datamodule = instantiate(
         cfg.data, image_transform=spec.image_transform(train=False), tokenizer=spec.tokenizer()

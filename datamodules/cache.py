@@ -97,3 +97,17 @@ class DiskCache:
 def owns(key: str, rank: int, world_size: int) -> bool:
     """Whether `rank` fills the entry `key` when work is split across ranks by key hash."""
     return int(key[:8], 16) % world_size == rank
+
+
+def model_fingerprint(model: str, revision: str | None = None) -> dict[str, Any]:
+    """Identity of a model for cache keys: the hub id + revision, or for a local folder the sha256 over its file
+    names, sizes and mtimes (so replacing the weights at the same path invalidates cached outputs)."""
+    p = Path(model)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return {"model": str(p.resolve()), "files": h.hexdigest()[:16]}
+    return {"model": model, "revision": revision}

@@ -60,7 +60,7 @@ class Gate:
     scorers: list of GateScorer (>= 2, at least one ViT and one CNN image tower).
     combine: mean | min of the normalised scores.
     threshold: a pair passes when combined >= threshold (in units of mismatched-pair standard deviations).
-    device: where the scorers run.
+    device: where the scorers run (auto: cuda when available).
     """
 
     def __init__(
@@ -86,6 +86,8 @@ class Gate:
                 )
         if combine not in ("mean", "min"):
             raise ValueError(f"gate.combine must be mean or min, got {combine!r}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.scorers, self.combine, self.threshold, self.device = scorers, combine, threshold, device
         self.stats_file = stats_file
         if stats_file and Path(stats_file).is_file():

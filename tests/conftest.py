@@ -177,3 +177,113 @@ def tiny_pix2pix_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_p2p")
     StableDiffusionInstructPix2PixPipeline(**tiny_sd_components(8)).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A tiny random StableDiffusionPipeline (text-to-image) saved offline."""
+    from diffusers import StableDiffusionPipeline
+
+    path = tmp_path_factory.mktemp("tiny_sd")
+    StableDiffusionPipeline(**tiny_sd_components(4)).save_pretrained(path)
+    return path
+
+
+VLM_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|vision_end|>",
+]
+VLM_WORDS = (
+    "a an the red blue green yellow circle square triangle star left right above below of two three no small "
+    "large user assistant system describe image caption this look again it may be wrong write one short sentence "
+    'that correctly reads : . "'
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-VL (image-text-to-text) with a full offline processor: Qwen2VL image processor, a
+    word-level fast tokenizer holding the Qwen special tokens, a small chat template (NOTES.md recipe)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(VLM_SPECIALS + VLM_WORDS + ["<unk>"]))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    ftok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=VLM_SPECIALS,
+    )
+    template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {% if m['content'] is string %}{{ m['content'] }} "
+        "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|> <|image_pad|> "
+        "<|vision_end|> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endif %}<|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+    )
+    ftok.chat_template = template
+    proc = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=28 * 28, max_pixels=56 * 56
+        ),
+        tokenizer=ftok,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=template,
+    )
+    ids = {s: vocab[s] for s in VLM_SPECIALS}
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1]},
+        bos_token_id=ids["<|im_start|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=32,
+        num_heads=4,
+        out_hidden_size=32,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=28,
+        fullatt_block_indexes=[1],
+    )
+    cfg = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_vlm")
+    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def vlm_suppress_ids() -> list[int]:
+    """Token ids a tiny random VLM must not sample (image/video placeholders, pad, im_start)."""
+    return [0, 1, 3, 4, 5, 6]

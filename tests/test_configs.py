@@ -30,6 +30,10 @@ def test_every_group_has_options():
         "experiment",
         "debug",
         "benchmark",
+        "raw",
+        "gate",
+        "stages",
+        "preprocessing",
     ):
         assert options(group), group
 
@@ -48,9 +52,80 @@ def test_data_options(cfg_factory, option, pairs_manifest):
     overrides = [f"data={option}"]
     if option == "pairs":
         overrides = [f"data={option}", f"data.source.train_path={pairs_manifest}"]
+    if option == "preprocessed":
+        overrides += ["raw=noisy_synthetic", f"preprocess.out_dir={pairs_manifest.parent / 'clean'}"]
     cfg = cfg_factory(*overrides, tiny=option == "synthetic")
     dm = instantiate(cfg.data, image_transform=lambda x: x, tokenizer=lambda x: x)
+    if option == "preprocessed":  # train.py builds the manifest; without it the source says so
+        with pytest.raises(FileNotFoundError, match="clean manifest not found"):
+            dm.source.records("train")
+        assert len(dm.source.records("test")) == 1000  # the raw source's clean test split
+        return
     assert dm.source.records("train")
+
+
+@pytest.mark.parametrize("option", options("raw"))
+def test_raw_options(cfg_factory, option, pairs_manifest, tmp_path):
+    import tarfile
+
+    from PIL import Image
+
+    img_dir = pairs_manifest.parent / "imgs"
+    caps = tmp_path / "caps.txt"
+    caps.write_text("a red circle\n")
+    (tmp_path / "coco.json").write_text('{"images": [{"id": 1, "file_name": "0.png"}], "annotations": []}')
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        tar.add(tmp_path / "x.png", "x.png")
+    files = {
+        "pairs": [f"preprocess.raw.train_path={pairs_manifest}"],
+        "image_folder": [f"preprocess.raw.root={img_dir}"],
+        "text_file": [f"preprocess.raw.path={caps}"],
+        "coco_captions": [
+            f"preprocess.raw.annotations={tmp_path / 'coco.json'}",
+            f"preprocess.raw.image_root={img_dir}",
+        ],
+        "webdataset": [f"preprocess.raw.shards={tmp_path / 's.tar'}"],
+        "mixed": [
+            "+preprocess.raw.sources.texts._target_=datamodules.sources.text_file.TextFileSource",
+            f"+preprocess.raw.sources.texts.path={caps}",
+        ],
+        "noisy_synthetic": [
+            "preprocess.raw.num_train=16",
+            "preprocess.raw.num_val=4",
+            "preprocess.raw.num_test=4",
+        ],
+    }
+    cfg = cfg_factory(f"raw={option}", *files[option], config_name="preprocess")
+    assert instantiate(cfg.preprocess.raw).records("train")
+
+
+@pytest.mark.parametrize("option", options("gate"))
+def test_gate_options(cfg_factory, option):
+    from datamodules.preprocess.run import build_gate
+
+    extra = (
+        ["~preprocess.gate.scorers.0.model.pretrained", "~preprocess.gate.scorers.1.model.pretrained"]
+        if option == "synthetic"
+        else []
+    )
+    cfg = cfg_factory(f"gate={option}", *extra, config_name="preprocess")
+    if option == "none":
+        assert build_gate(cfg.preprocess) is None
+    elif option == "synthetic":
+        assert len(build_gate(cfg.preprocess).scorers) == 2
+    else:  # real weights need a download: compose + resolve only
+        g = OmegaConf.to_container(cfg.preprocess.gate, resolve=True)
+        assert {s["tower"] for s in g["scorers"]} == {"vit", "cnn"}
+
+
+@pytest.mark.parametrize("option", options("stages"))
+def test_stage_options(cfg_factory, option):
+    from datamodules.preprocess.run import build_stages
+
+    cfg = cfg_factory(f"stages=[{option}]", config_name="preprocess")
+    (stage,) = build_stages(cfg.preprocess)
+    assert stage.phase in ("produce", "repair") and stage.identity()["stage"] == stage.name
 
 
 @pytest.mark.parametrize("option", options("loss"))
@@ -139,7 +214,7 @@ def test_benchmark_options(cfg_factory, option):
 @pytest.mark.parametrize("option", options("experiment") + options("debug"))
 def test_experiment_and_debug_options_compose(cfg_factory, option):
     group = "experiment" if option in options("experiment") else "debug"
-    cfg = cfg_factory(f"{group}={option}")
+    cfg = cfg_factory(f"{group}={option}", tiny=option != "noisy_synthetic")
     assert OmegaConf.to_container(cfg, resolve=True)
 
 

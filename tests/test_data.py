@@ -131,7 +131,7 @@ def test_pairs_source_counts_bad_rows(tmp_path, pairs_manifest):
     src = PairsSource(str(bad), val_fraction=0.0)
     assert len(src.records("train")) == 3
     assert dict(src.skipped["train"]) == {
-        "bad_json_line (JSONDecodeError)": 1,
+        "bad_json_line": 1,
         "empty_caption": 1,
         "image_not_found": 1,
         "duplicate_id": 1,

@@ -1,13 +1,18 @@
-"""Preprocessing with symbolic backends and a calibrated gate of tiny ViT + ResNet scorers; broken-file fixture."""
+"""Preprocessing with symbolic backends and a calibrated gate of tiny ViT + ResNet scorers; stage contract, cache,
+rank split, broken-file fixture, the Hydra entry point."""
 
 import json
-import random
+import threading
 
 import pytest
 from PIL import Image
 
 from datamodules.gate import Gate, GateScorer
 from datamodules.preprocess.pipeline import Preprocessor
+from datamodules.preprocess.stages.base import Item, Stage, StageContext
+from datamodules.preprocess.stages.caption import CaptionStage
+from datamodules.preprocess.stages.repair import RepairStage
+from datamodules.preprocess.stages.text_to_image import TextToImageStage
 from datamodules.preprocess.symbolic import RendererT2I, SceneCaptioner
 from datamodules.records import Record
 from datamodules.sources.noisy_synthetic import NoisySyntheticSource
@@ -34,6 +39,19 @@ def gate(tmp_path_factory):
     return g
 
 
+def symbolic_stages(world, error_rate=0.1):
+    return [
+        CaptionStage(SceneCaptioner(world, error_rate)),
+        TextToImageStage(RendererT2I(world)),
+        RepairStage(SceneCaptioner(world, error_rate)),
+    ]
+
+
+def noisy(world, n=120, **rates):
+    rates = {"mismatch_rate": 0.2, "lone_image_rate": 0.1, "lone_text_rate": 0.1} | rates
+    return NoisySyntheticSource(world, num_train=n, num_val=0, num_test=0, **rates).records("train")
+
+
 def test_gate_needs_vit_and_cnn():
     with pytest.raises(ValueError, match="at least one 'vit' and one 'cnn'"):
         Gate([GateScorer("a", ModelSpec("tiny-vit"), "vit"), GateScorer("b", ModelSpec("tiny-vit"), "vit")])
@@ -42,10 +60,7 @@ def test_gate_needs_vit_and_cnn():
 
 
 def test_calibration_outputs(gate, tmp_path):
-    src = NoisySyntheticSource(
-        World(), num_train=32, num_val=0, num_test=0, mismatch_rate=0, lone_image_rate=0, lone_text_rate=0
-    )
-    recs = src.records("train")
+    recs = noisy(World(), 32, mismatch_rate=0, lone_image_rate=0, lone_text_rate=0)
     res = gate.calibrate([r.image.load() for r in recs], [r.caption for r in recs], tmp_path, target_far=0.1)
     assert (tmp_path / "gate_histogram.png").is_file() and (tmp_path / "gate_stats.json").is_file()
     assert set(res["stats"]) == {"vit", "cnn"} and res["num_pairs"] == 32
@@ -72,105 +87,197 @@ def test_noisy_source_rates_and_ground_truth():
     assert all(r.meta.get("noise", "clean") == "clean" for r in src.records("test"))
 
 
-def test_symbolic_backends():
+def test_symbolic_backends_batch_interface():
     world = World()
-    src = NoisySyntheticSource(world, num_train=50, num_val=0, num_test=0)
+    recs = [r for r in noisy(world, 50) if r.image is not None]
     exact = SceneCaptioner(world, error_rate=0.0)
-    for r in src.records("train"):
-        if r.image is None:
-            continue
-        cap = exact.caption(r.image.load(), r, random.Random(0))
+    caps = exact.caption([r.image.load() for r in recs], recs, list(range(len(recs))))
+    assert len(caps) == len(recs)
+    for r, cap in zip(recs, caps):
         assert holds(parse_claim(cap), r.image.scene, world.relation_margin)
+    always_wrong = SceneCaptioner(world, error_rate=1.0)
+    wrong = always_wrong.caption([r.image.load() for r in recs], recs, list(range(len(recs))))
+    with_colour = [(r, c) for r, c in zip(recs, wrong) if parse_claim(c) is not None]
+    assert sum(not holds(parse_claim(c), r.image.scene, world.relation_margin) for r, c in with_colour) > 0
     t2i = RendererT2I(world)
-    made = [t2i.generate(r.meta["true_caption"], random.Random(0)) for r in src.records("train")[:20]]
+    made = t2i.generate([r.meta["true_caption"] for r in recs[:20]], list(range(20)))
     assert all(m is None or m.load().size == (48, 48) for m in made)
     assert sum(m is not None for m in made) >= 15
+    for m, r in zip(made, recs[:20]):
+        if m is not None:
+            assert holds(parse_claim(r.meta["true_caption"]), m.scene, world.relation_margin)
 
 
 def test_pipeline_accounts_for_every_record_and_caches(gate, tmp_path):
     world = World()
-
-    def fresh():  # the pipeline mutates records, so each run gets newly made ones
-        src = NoisySyntheticSource(
-            world,
-            num_train=120,
-            num_val=0,
-            num_test=0,
-            mismatch_rate=0.2,
-            lone_image_rate=0.1,
-            lone_text_rate=0.1,
-        )
-        pre = Preprocessor(
-            gate, captioner=SceneCaptioner(world, 0.1), t2i=RendererT2I(world), cache_dir=str(tmp_path / "c")
-        )
-        return src, pre
-
-    src, pre = fresh()
-    out = pre.run(src.records("train"), tmp_path / "out")
+    pre = Preprocessor(gate, symbolic_stages(world), cache_dir=str(tmp_path / "c"), stage_batch_size=7)
+    out = pre.run(noisy(world), tmp_path / "out")
     rep = out["report"]
     assert rep["accounted"] == 120 and rep["counts"]["input"] == 120
     assert rep["counts"].get("captioned", 0) > 0 and rep["counts"].get("generated", 0) > 0
-    lines = [json.loads(x) for x in (tmp_path / "out" / "clean.jsonl").read_text().splitlines()]
+    assert rep["model_calls"]["caption"] > 0 and rep["model_calls"]["repair"] > 0
+    lines = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert len(lines) == rep["output"] and all((tmp_path / "out" / x["image"]).is_file() for x in lines)
-    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "gate_scores.png").is_file()
-    # Re-running the same config makes no model calls.
-    src2, pre2 = fresh()
-    out2 = pre2.run(src2.records("train"), tmp_path / "out2")
-    assert (
-        pre.calls["caption"] + pre.calls["repair"] > 0 and pre2.calls["caption"] + pre2.calls["repair"] == 0
+    repaired = [x for x in lines if any(p["stage"] == "repair" for p in x["provenance"])]
+    assert repaired and all(
+        "before" in next(p for p in x["provenance"] if p["stage"] == "repair") for x in repaired
+    )
+    for name in ("report_train.md", "report_train.json", "gate_scores_train.png"):
+        assert (tmp_path / "out" / name).is_file()
+    # A re-run of the same config (fresh records, fresh backends) makes no model calls and gives the same output.
+    pre2 = Preprocessor(gate, symbolic_stages(world), cache_dir=str(tmp_path / "c"), stage_batch_size=7)
+    out2 = pre2.run(noisy(world), tmp_path / "out2")
+    assert not out2["report"]["model_calls"].get("caption") and not out2["report"]["model_calls"].get(
+        "repair"
     )
     assert out2["report"]["counts"] == rep["counts"]
+    assert (tmp_path / "out2" / "train.jsonl").read_text().replace("out2", "out") == (
+        tmp_path / "out" / "train.jsonl"
+    ).read_text().replace("out2", "out")
+
+
+def test_no_gate_keeps_raw_pairs_and_drops_unresolved_lone_records(tmp_path):
+    world = World()
+    recs = noisy(world)
+    n_lone = sum(r.source != "pair" for r in recs)
+    out = Preprocessor(None, []).run(recs, tmp_path)
+    rep = out["report"]
+    assert rep["output"] == 120 - n_lone
+    assert rep["dropped"]["lone_image_not_captioned"] + rep["dropped"]["lone_text_not_drawn"] == n_lone
+
+
+def test_repair_rounds_zero_drops_rejected_pairs(gate, tmp_path):
+    world = World()
+    out = Preprocessor(gate, symbolic_stages(world), repair_rounds=0).run(noisy(world), tmp_path)
+    assert "repair" not in out["report"]["model_calls"] and out["report"]["dropped"].get("gate_failed", 0) > 0
+
+
+class _Dropper(Stage):
+    """A user-written stage (the extension point): drops captions with a banned word, counted."""
+
+    name = "banned_words"
+
+    def __call__(self, items, ctx):
+        keep = []
+        for it in items:
+            if it.record.caption and "red" in it.record.caption.split():
+                ctx.drop(it, "banned_word")
+            else:
+                keep.append(it)
+        return keep
+
+
+class _Leaky(Stage):
+    name = "leaky"
+
+    def __call__(self, items, ctx):
+        return items[1:]  # loses an item without counting it
+
+
+def test_custom_stage_and_lost_items_are_caught(gate, tmp_path):
+    world = World()
+    out = Preprocessor(gate, [_Dropper()]).run(noisy(world), tmp_path / "a")
+    assert out["report"]["dropped"]["banned_word"] > 0 and out["report"]["accounted"] == 120
+    with pytest.raises(AssertionError, match="stage leaky lost items"):
+        Preprocessor(gate, [_Leaky()]).run(noisy(world), tmp_path / "b")
+
+
+def test_rank_split_each_rank_its_share_rank0_writes(gate, tmp_path):
+    """Two ranks (threads with a real barrier) share the model calls by cache-key hash; rank 0's manifest equals the
+    single-process manifest and the calls add up to the single-process calls."""
+    world = World()
+    single = Preprocessor(gate, symbolic_stages(world), cache_dir=str(tmp_path / "c1"))
+    single.run(noisy(world), tmp_path / "single")
+    barrier = threading.Barrier(2)
+    results, errors = {}, []
+
+    def rank(r):
+        try:
+            pre = Preprocessor(
+                gate,
+                symbolic_stages(world),
+                cache_dir=str(tmp_path / "c2"),
+                rank=r,
+                world_size=2,
+                barrier=barrier.wait,
+            )
+            results[r] = pre.run(noisy(world), tmp_path / "dist")["report"]
+        except Exception as e:  # pragma: no cover - surfaced below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert not errors, errors
+    for stage in ("caption", "repair"):
+        per_rank = [results[r]["model_calls"].get(stage, 0) for r in (0, 1)]
+        assert sum(per_rank) == single.calls[stage] and min(per_rank) > 0, (stage, per_rank)
+    assert results[0]["counts"] == results[1]["counts"]
+    assert (tmp_path / "dist" / "train.jsonl").read_text().replace("/dist/", "/single/") == (
+        tmp_path / "single" / "train.jsonl"
+    ).read_text()
+
+
+def test_distributed_needs_shared_cache(gate):
+    with pytest.raises(ValueError, match="cache_dir"):
+        StageContext(None, world_size=2)
 
 
 def test_broken_inputs_are_skipped_and_counted(gate, tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGB", (48, 48), "red").save(good)
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:40])
+    (tmp_path / "empty.png").write_bytes(b"")
     Image.new("RGB", (2, 2), "red").save(tmp_path / "tiny.png")
+    Image.new("L", (400, 300)).save(tmp_path / "huge.png")
     recs = [
         Record("ok", str(good), "a red square"),
         Record("dup", str(good), "a red square"),
         Record("dup", str(good), "again"),
         Record("missing", str(tmp_path / "nope.png"), "a blue circle"),
         Record("corrupt", str(tmp_path / "corrupt.jpg"), "a thing"),
+        Record("truncated", str(tmp_path / "truncated.png"), "a thing"),
+        Record("zero_bytes", str(tmp_path / "empty.png"), "a thing"),
         Record("tiny", str(tmp_path / "tiny.png"), "a dot"),
+        Record("huge", str(tmp_path / "huge.png"), "a big one"),
         Record("empty", None, "   "),
+        Record("surrogate", str(good), "bad \udcff bytes"),
         Record("bytes_bad", b"\x00\x01garbage", "x"),
+        Record("nothing", None, None),
     ]
-    pre = Preprocessor(gate, captioner=None, t2i=None, max_pixels=10_000_000)
-    out = pre.run(recs, tmp_path / "out")
+    out = Preprocessor(gate, [], max_pixels=100_000).run(recs, tmp_path / "out")
     d = out["report"]["dropped"]
-    assert d["duplicate_id"] == 1 and d["image_missing"] == 1 and d["image_unreadable"] == 2
-    assert d["image_too_small"] == 1 and d["empty_caption_and_no_image"] == 1
+    assert d == {
+        "duplicate_id": 1,
+        "image_missing": 1,
+        "image_unreadable": 4,
+        "image_too_small": 1,
+        "image_too_large": 1,
+        "empty_caption_and_no_image": 1,
+        "caption_invalid_utf8": 1,
+        "no_image_no_caption": 1,
+    } | ({"gate_failed": 1} if out["report"]["output"] == 0 else {})
     assert out["report"]["accounted"] == len(recs)
 
 
-def test_preprocess_entry_point_with_random_scorers(tmp_path):
-    from datamodules.preprocess.__main__ import run_preprocess
-    from tests.conftest import make_cfg
+def test_stage_context_batches_and_reports_wrong_lengths(tmp_path):
+    ctx = StageContext(str(tmp_path), batch_size=3)
+    sizes = []
 
-    cfg = make_cfg(
-        tmp_path,
-        [
-            f"out_dir={tmp_path / 'clean'}",
-            "raw.num_train=80",
-            "raw.num_val=40",
-            "raw.num_test=0",
-            "gate.calibration_size=40",
-            "~gate.ensemble.scorers.0.model.pretrained",
-            "~gate.ensemble.scorers.1.model.pretrained",
-            f"preprocessor.cache_dir={tmp_path / 'cache'}",
-        ],
-        config_name="preprocess",
+    def fn(batch):
+        sizes.append(len(batch))
+        return [x * 2 for x in batch]
+
+    from datamodules.preprocess.stages.base import TextCodec
+
+    out = ctx.cached_map(
+        "t", {"b": 1}, [{"i": i} for i in range(7)], [str(i) for i in range(7)], fn, TextCodec
     )
-    import torch
-
-    torch.manual_seed(0)  # random-init scorers must be the same models in both runs
-    report = run_preprocess(cfg)
-    assert report["accounted"] == 80
-    assert (tmp_path / "clean" / "calibration" / "gate_histogram.png").is_file()
-    assert (tmp_path / "clean" / "clean.jsonl").is_file()
-    # Second run re-uses the calibration and the caches.
-    torch.manual_seed(0)
-    again = run_preprocess(cfg)
-    assert again["counts"] == report["counts"] and not again["model_calls"].get("caption")
+    assert out == [str(i) * 2 for i in range(7)] and sizes == [3, 3, 1]
+    assert ctx.cached_map("t", {"b": 1}, [{"i": i} for i in range(7)], list("abcdefg"), fn, TextCodec) == out
+    assert sizes == [3, 3, 1]  # all hits
+    with pytest.raises(RuntimeError, match="returned 1 outputs for 2"):
+        StageContext(None, batch_size=2).cached_map("t", {}, [{}, {}], [1, 2], lambda b: [1], TextCodec)
+    assert isinstance(Item(Record("x", None, "c"), None).record, Record)

@@ -35,6 +35,8 @@ WINOGROUND_KINDS = ("swap_attributes", "swap_objects")
 def world_from_context(context: dict[str, Any] | None) -> tuple[World | None, int | None]:
     """The world (and image size) the checkpoint was trained on, if it was trained on the synthetic world."""
     src = ((context or {}).get("run_config") or {}).get("data", {}).get("source", {})
+    if "world" not in src:  # a preprocessed source: the world of its raw source
+        src = ((src.get("preprocess") or {}).get("raw") or {}) if isinstance(src, dict) else {}
     if "world" not in src:
         return None, None
     params = {k: v for k, v in (src.get("world") or {}).items() if not k.startswith("_")}

@@ -1,63 +1,48 @@
 """Run preprocessing alone:
 
-    python -m datamodules.preprocess                                # noisy synthetic world, symbolic backends
-    python -m datamodules.preprocess calibrate_only=true gate.target_far=0.01
+    python -m datamodules.preprocess                                 # noisy synthetic world, symbolic backends
+    python -m datamodules.preprocess calibrate_only=true preprocess.calibration.target_far=0.01
+    python -m datamodules.preprocess raw=image_folder preprocess.raw.root=/data/imgs gate=openai \\
+        stages=[caption_vlm,repair_vlm] preprocess.stages.caption.backend.model=/models/qwen2.5-vl
+    torchrun --nproc_per_node 8 -m datamodules.preprocess ...        # model calls split across ranks
 
-Calibrates the gate on the raw source's clean calibration split when its stats file is missing (histogram +
-suggested threshold in `<out_dir>/calibration/`), then writes `<out_dir>/clean.jsonl` and the report.
-The last line printed names the output folder.
+Calibrates the gate on the raw pairs (histogram + suggested threshold in `<manifest dir>/calibration/`), runs the
+stages and the gate per split and writes `<split>.jsonl` + reports into `<preprocess.out_dir>/<fingerprint>/`.
+Under torchrun each rank makes the model calls whose cache keys fall to it; rank 0 writes the outputs. The last line
+printed names the manifest folder.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datamodules.preprocess.pipeline import Preprocessor
+from datamodules.preprocess.run import clean_dir, run_preprocess
 
 
-def run_preprocess(cfg: DictConfig) -> dict:
-    out_dir = Path(cfg.out_dir)
-    gate = instantiate(cfg.gate.ensemble)
-    raw = instantiate(cfg.raw)
-    stats = out_dir / "calibration" / "gate_stats.json"
-    if stats.is_file() and not cfg.recalibrate:
-        gate.load_stats(stats)
-        gate.threshold = json.loads((out_dir / "calibration" / "calibration.json").read_text())[
-            "suggested_threshold"
-        ]
-    else:
-        calib = raw.records(cfg.gate.calibration_split)
-        calib = [
-            r for r in calib if r.image is not None and r.caption and r.meta.get("noise", "clean") == "clean"
-        ]
-        calib = calib[: cfg.gate.calibration_size]
-        res = gate.calibrate(
-            [r.image.load() if hasattr(r.image, "load") else r.image for r in calib],
-            [r.caption for r in calib],
-            out_dir / "calibration",
-            target_far=cfg.gate.target_far,
-        )
-        gate.threshold = res["suggested_threshold"] if cfg.gate.threshold is None else cfg.gate.threshold
-    if cfg.calibrate_only:
-        print(f"gate calibrated: {out_dir / 'calibration'}")
-        return {}
-    pre = Preprocessor(
-        gate, captioner=instantiate(cfg.captioner), t2i=instantiate(cfg.t2i), **cfg.preprocessor
-    )
-    result = pre.run(raw.records("train"), out_dir)
-    print((out_dir / "report.md").read_text())
-    print(f"clean manifest: {out_dir / 'clean.jsonl'}")
-    return result["report"]
+def main_cfg(cfg: DictConfig) -> dict:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    out = clean_dir(cfg.preprocess)
+    reports = run_preprocess(cfg.preprocess, out, calibrate_only=cfg.calibrate_only)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        for split in cfg.preprocess.splits:
+            if (out / f"report_{split}.md").is_file() and not cfg.calibrate_only:
+                print((out / f"report_{split}.md").read_text())
+        print(f"gate calibration: {out / 'calibration'}" if cfg.calibrate_only else f"clean manifests: {out}")
+    return reports
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="preprocess")
 def main(cfg: DictConfig) -> None:
-    run_preprocess(cfg)
+    main_cfg(cfg)
 
 
 if __name__ == "__main__":

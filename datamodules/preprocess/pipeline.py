@@ -1,12 +1,17 @@
-"""Raw records -> trusted pairs (source paper §4): validate every record (unreadable, empty, huge or duplicate input
-is skipped and counted with its reason), caption lone images, draw lone texts, then pass every pair through the
-gate; a pair that fails is sent to the captioner to be repaired and gated again (up to `repair_rounds` times —
-the "look again" loop), and dropped with its reason if it never passes.
+"""Raw records -> trusted pairs (source paper §4).
 
-Outputs in `out_dir`: `clean.jsonl` (image path, caption, id, provenance, gate scores), `images/` (rendered or
-generated images written as PNG), `report.json` + `report.md` (counts kept / repaired / captioned / generated /
-dropped with reasons, per-stage seconds, gate-score histogram). Captioner and text-to-image outputs are cached by
-content (`datamodules.cache`), so re-running the same config makes no model calls.
+1. validate every record: duplicate ids, missing / unreadable / too small / too large images, empty or invalid
+   captions are skipped and counted with their reason;
+2. `produce` stages in config order (e.g. caption lone images, draw lone texts); an item still without a caption
+   or an image afterwards is dropped with its reason;
+3. the gate scores every pair; a pair below the threshold goes to the `repair` stages (the VLM looks again at the
+   image and revises the caption) and is gated again, up to `repair_rounds` rounds, then dropped with its reason;
+4. rank 0 writes `<split>.jsonl` (image, caption, id, source, provenance, gate scores), `images/<split>/` (images
+   that exist only in memory: generated, rendered or read from shards; file images keep their path),
+   `report_<split>.json` / `.md` (counts kept / repaired / captioned / generated / dropped with reasons, per-stage
+   seconds and model calls, gate-score histogram) and `gate_scores_<split>.png`.
+
+The run proves that every input record is accounted for: output + dropped == input, or it raises.
 """
 
 from __future__ import annotations
@@ -14,102 +19,81 @@ from __future__ import annotations
 import io
 import json
 import logging
-import random
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from datamodules.cache import DiskCache, cache_key, content_hash
 from datamodules.gate import Gate
+from datamodules.preprocess.stages.base import Item, Stage, StageContext
 from datamodules.records import ImageRef, Record, load_image
 
 log = logging.getLogger(__name__)
 
 
-def _image_bytes_key(image: Image.Image) -> str:
-    return content_hash(image.tobytes() + repr(image.size).encode())
+def _as_list(stages: Sequence[Stage] | dict[str, Stage] | None) -> list[Stage]:
+    if stages is None:
+        return []
+    if isinstance(stages, dict) or hasattr(stages, "items"):
+        return [s for s in stages.values() if s is not None]
+    return [s for s in stages if s is not None]
 
 
 class Preprocessor:
     """Args:
-    gate: the similarity gate (calibrated).
-    captioner: object with caption(image, record, rng) and repair(image, record, rng) (VLM or symbolic); None
-        drops lone images and skips repair.
-    t2i: object with generate(caption, rng) -> image | None (diffusers or renderer); None drops lone texts.
+    gate: the calibrated similarity gate; None keeps every pair (the "raw data" baseline).
+    stages: the stages (a list, or the `stages` dict of the config in config order).
     repair_rounds: look-again rounds for a pair that fails the gate.
-    min_side / max_side / max_pixels: image size limits (outside: skipped as zero-size / huge).
-    cache_dir: cache of captioner and text-to-image outputs.
-    seed: per-record RNG seed.
+    min_side / max_pixels: image size limits (outside: skipped as too small / too large).
+    cache_dir: cache of model outputs (shared by ranks).
+    batch_size: gate scoring batch; stage_batch_size: model batch of the stages.
+    seed: base seed of every per-item RNG.
+    rank / world_size / barrier: distributed split of the stages' model calls (rank 0 writes the outputs).
     """
 
     def __init__(
         self,
-        gate: Gate,
+        gate: Gate | None,
+        stages: Sequence[Stage] | dict[str, Stage] | None = None,
         *,
-        captioner: Any = None,
-        t2i: Any = None,
         repair_rounds: int = 2,
         min_side: int = 8,
         max_pixels: int = 50_000_000,
         cache_dir: str | None = None,
         batch_size: int = 256,
+        stage_batch_size: int = 32,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        barrier: Callable[[], None] | None = None,
     ) -> None:
-        self.gate, self.captioner, self.t2i = gate, captioner, t2i
+        self.gate = gate
+        self.stages = _as_list(stages)
+        for s in self.stages:
+            if getattr(s, "phase", None) not in ("produce", "repair"):
+                raise ValueError(
+                    f"stage {s!r}: phase must be 'produce' or 'repair', got {getattr(s, 'phase', None)!r}"
+                )
+        if repair_rounds < 0:
+            raise ValueError(f"preprocess.repair_rounds must be >= 0, got {repair_rounds}")
         self.repair_rounds, self.min_side, self.max_pixels = repair_rounds, min_side, max_pixels
-        self.cache = DiskCache(cache_dir, "preprocess") if cache_dir else None
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size = batch_size
+        self.ctx_args = dict(
+            cache_dir=cache_dir,
+            seed=seed,
+            batch_size=stage_batch_size,
+            rank=rank,
+            world_size=world_size,
+            barrier=barrier,
+        )
+        self.rank = rank
         self.calls: Counter = Counter()
 
-    # -- cached model calls ---------------------------------------------------------------------------------------
-    def _cached_text(
-        self, kind: str, backend: Any, image: Image.Image, record: Record, rng: random.Random
-    ) -> str:
-        key = cache_key(
-            stage=kind,
-            backend=backend.identity(),
-            image=_image_bytes_key(image),
-            caption=record.caption,
-            seed=self.seed,
-            record=record.id,
-        )
-        if self.cache is not None and (hit := self.cache.get_json(key)) is not None:
-            return hit
-        self.calls[kind] += 1
-        text = (
-            backend.caption(image, record, rng) if kind == "caption" else backend.repair(image, record, rng)
-        )
-        if self.cache is not None:
-            self.cache.put_json(key, text)
-        return text
-
-    def _cached_image(self, caption: str, record: Record, rng: random.Random):
-        if not getattr(self.t2i, "cacheable", True):
-            self.calls["text_to_image"] += 1
-            return self.t2i.generate(caption, rng)
-        key = cache_key(
-            stage="text_to_image",
-            backend=self.t2i.identity(),
-            caption=caption,
-            seed=self.seed,
-            record=record.id,
-        )
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return None if hit == b"" else Image.open(io.BytesIO(hit)).convert("RGB")
-        self.calls["text_to_image"] += 1
-        image = self.t2i.generate(caption, rng)
-        if self.cache is not None:
-            buf = io.BytesIO()
-            if image is not None:
-                image.save(buf, format="PNG")
-            self.cache.put(key, buf.getvalue())
-        return image
-
-    # -- stages ---------------------------------------------------------------------------------------------------
-    def validate(self, records: list[Record], dropped: Counter) -> list[tuple[Record, Image.Image | None]]:
+    # -- validation -----------------------------------------------------------------------------------------------
+    def validate(self, records: list[Record], dropped: Counter) -> list[Item]:
         seen: set[str] = set()
         out = []
         for r in records:
@@ -118,7 +102,15 @@ class Preprocessor:
                 continue
             seen.add(r.id)
             if r.caption is not None:
-                if not isinstance(r.caption, str) or not r.caption.strip():
+                if not isinstance(r.caption, str):
+                    dropped["caption_not_text"] += 1
+                    continue
+                try:
+                    r.caption.encode("utf-8")
+                except UnicodeEncodeError:  # lone surrogates from undecodable bytes
+                    dropped["caption_invalid_utf8"] += 1
+                    continue
+                if not r.caption.strip():
                     if r.image is None:
                         dropped["empty_caption_and_no_image"] += 1
                         continue
@@ -128,81 +120,120 @@ class Preprocessor:
             image = None
             if r.image is not None:
                 try:
-                    if isinstance(r.image, str) and not Path(r.image).is_file():
+                    if isinstance(r.image, (str, Path)) and not Path(r.image).is_file():
                         raise FileNotFoundError(r.image)
-                    if not isinstance(r.image, ImageRef):
+                    if isinstance(r.image, (str, Path, bytes)):
                         with Image.open(
-                            r.image if isinstance(r.image, str) else io.BytesIO(r.image)
-                        ) as probe:
-                            w, h = probe.size
-                            if w * h > self.max_pixels:
-                                dropped["image_too_large"] += 1
-                                continue
+                            r.image if not isinstance(r.image, bytes) else io.BytesIO(r.image)
+                        ) as p:
+                            w, h = p.size
+                        if w * h > self.max_pixels:
+                            dropped["image_too_large"] += 1
+                            continue
                     image = load_image(r.image)
                 except FileNotFoundError:
                     dropped["image_missing"] += 1
                     continue
-                except (OSError, ValueError, Image.DecompressionBombError):
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
                     dropped["image_unreadable"] += 1
                     continue
                 if min(image.size) < self.min_side:
                     dropped["image_too_small"] += 1
                     continue
+                if image.size[0] * image.size[1] > self.max_pixels:
+                    dropped["image_too_large"] += 1
+                    continue
             if image is None and r.caption is None:
                 dropped["no_image_no_caption"] += 1
                 continue
-            out.append((r, image))
+            out.append(Item(r, image))
         return out
 
-    def run(self, records: list[Record], out_dir: str | Path) -> dict[str, Any]:
+    # -- the run --------------------------------------------------------------------------------------------------
+    def run(self, records: Sequence[Record], out_dir: str | Path, split: str = "train") -> dict[str, Any]:
         out_dir = Path(out_dir)
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(**self.ctx_args)
         timings: dict[str, float] = {}
-        dropped: Counter = Counter()
-        counts: Counter = Counter()
+        counts: Counter = Counter(input=len(records))
+        dropped = ctx.dropped
+
         t0 = time.perf_counter()
         items = self.validate(list(records), dropped)
-        counts["input"] = len(records)
         timings["validate"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        pairs: list[tuple[Record, Image.Image]] = []
-        for r, image in items:
-            rng = random.Random(f"{self.seed}-{r.id}")
-            if r.caption is None:  # lone image
-                if self.captioner is None:
-                    dropped["lone_image_no_captioner"] += 1
-                    continue
-                r.caption = self._cached_text("caption", self.captioner, image, r, rng)
-                r.provenance.append({"stage": "caption", "model": self.captioner.identity()})
-                r.meta["produced"] = "captioned"
-            elif image is None:  # lone text
-                if self.t2i is None:
-                    dropped["lone_text_no_t2i"] += 1
-                    continue
-                image = self._cached_image(r.caption, r, rng)
-                if image is None:
-                    dropped["text_to_image_failed"] += 1
-                    continue
-                if isinstance(image, ImageRef):  # e.g. the renderer's scene image: keep the reference
-                    r.image, image = image, image.load()
-                r.provenance.append({"stage": "text_to_image", "model": self.t2i.identity()})
-                r.meta["produced"] = "generated"
-            pairs.append((r, image))
-        timings["caption_and_text_to_image"] = time.perf_counter() - t0
+        for stage in (s for s in self.stages if s.phase == "produce"):
+            t0 = time.perf_counter()
+            n_in, d_in = len(items), sum(dropped.values())
+            items = stage(items, ctx)
+            if len(items) + sum(dropped.values()) - d_in != n_in:
+                raise AssertionError(f"stage {stage.name} lost items without counting them")
+            timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - t0
+        pairs = []
+        for it in items:
+            if it.record.caption is None:
+                ctx.drop(it, "lone_image_not_captioned")
+            elif it.image is None:
+                ctx.drop(it, "lone_text_not_drawn")
+            else:
+                pairs.append(it)
 
-        t0 = time.perf_counter()
-        kept: list[tuple[Record, Image.Image]] = []
-        pending = pairs
+        kept, history = self._gate_and_repair(pairs, ctx, timings)
+
+        if self.rank == 0:
+            t0 = time.perf_counter()
+            self._write(kept, out_dir, split, counts)
+            timings["write"] = time.perf_counter() - t0
+        else:
+            for it in kept:
+                counts[it.record.meta.get("produced", "kept")] += 1
+        self.calls.update(ctx.calls)
+        report = {
+            "split": split,
+            "counts": dict(counts),
+            "dropped": dict(dropped),
+            "output": len(kept),
+            "accounted": len(kept) + sum(dropped.values()),
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "model_calls": dict(ctx.calls),
+            "cache": dict(ctx.cache.stats) if ctx.cache is not None else None,
+            "stages": [s.identity() for s in self.stages],
+            "gate": None
+            if self.gate is None
+            else {"threshold": self.gate.threshold, "combine": self.gate.combine},
+            "repair_rounds": self.repair_rounds,
+            "rank": self.rank,
+            "world_size": ctx.world_size,
+        }
+        if report["accounted"] != counts["input"]:
+            raise AssertionError(
+                f"preprocess lost records: {counts['input']} in, {report['accounted']} accounted"
+            )
+        if self.rank == 0:
+            (out_dir / f"report_{split}.json").write_text(json.dumps(report, indent=2))
+            self._write_md(out_dir, split, report, history)
+        return {"report": report, "kept": [it.record for it in kept], "all": [it.record for it in pairs]}
+
+    def _gate_and_repair(
+        self, pairs: list[Item], ctx: StageContext, timings: dict
+    ) -> tuple[list[Item], list]:
+        repairers = [s for s in self.stages if s.phase == "repair"]
+        if self.gate is None:
+            return pairs, []
+        kept: list[Item] = []
         history: list[float] = []
+        pending = pairs
         for round_ in range(self.repair_rounds + 1):
             if not pending:
                 break
+            t0 = time.perf_counter()
             scores = self._score(pending)
             passed = self.gate.passes(scores).tolist()
-            history += scores["combined"].tolist() if round_ == 0 else []
-            retry = []
-            for k, ((r, image), ok) in enumerate(zip(pending, passed)):
+            timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - t0
+            if round_ == 0:
+                history = scores["combined"].tolist()
+            failed = []
+            for k, (it, ok) in enumerate(zip(pending, passed)):
+                r = it.record
                 r.gate_scores = {name: float(v[k]) for name, v in scores.items()}
                 if round_ == 0:
                     r.meta["gate_first_pass"] = bool(ok)
@@ -210,72 +241,67 @@ class Preprocessor:
                     if round_ > 0:
                         r.meta["produced"] = "repaired"
                         r.meta["repair_rounds"] = round_
-                    kept.append((r, image))
-                elif round_ < self.repair_rounds and self.captioner is not None:
-                    rng = random.Random(f"{self.seed}-{r.id}-repair{round_}")
-                    r.meta.setdefault("original_caption", r.caption)
-                    r.caption = self._cached_text("repair", self.captioner, image, r, rng)
-                    r.provenance.append(
-                        {"stage": "repair", "round": round_ + 1, "model": self.captioner.identity()}
-                    )
-                    retry.append((r, image))
+                    kept.append(it)
+                elif round_ < self.repair_rounds and repairers:
+                    failed.append(it)
                 else:
-                    dropped["gate_failed" if self.captioner is None else "gate_failed_after_repair"] += 1
-                    r.meta["dropped"] = True
-            pending = retry
-        timings["gate_and_repair"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        with (out_dir / "clean.jsonl").open("w") as f:
-            for r, image in kept:
-                path = out_dir / "images" / f"{r.id}.png"
-                image.save(path)
-                counts[r.meta.get("produced", "kept")] += 1
-                f.write(
-                    json.dumps(
-                        {
-                            "id": r.id,
-                            "image": f"images/{r.id}.png",
-                            "caption": r.caption,
-                            "source": r.source,
-                            "provenance": r.provenance,
-                            "gate_scores": r.gate_scores,
-                        }
+                    ctx.drop(
+                        it, "gate_failed_after_repair" if repairers and self.repair_rounds else "gate_failed"
                     )
-                    + "\n"
-                )
-        timings["write"] = time.perf_counter() - t0
-        report = {
-            "counts": dict(counts),
-            "dropped": dict(dropped),
-            "output": len(kept),
-            "accounted": len(kept) + sum(dropped.values()),
-            "timings_s": timings,
-            "model_calls": dict(self.calls),
-            "gate": {"threshold": self.gate.threshold, "combine": self.gate.combine},
-        }
-        if report["accounted"] != counts["input"]:
-            raise AssertionError(
-                f"preprocess lost records: {counts['input']} in, {report['accounted']} accounted"
-            )
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-        self._write_md(out_dir, report, history)
-        return {"report": report, "kept": [r for r, _ in kept], "all": [r for r, _ in pairs]}
+            ctx.round = round_ + 1
+            for stage in repairers:
+                t0 = time.perf_counter()
+                n_in, d_in = len(failed), sum(ctx.dropped.values())
+                failed = stage(failed, ctx)
+                if len(failed) + sum(ctx.dropped.values()) - d_in != n_in:
+                    raise AssertionError(f"stage {stage.name} lost items without counting them")
+                timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - t0
+            pending = failed
+        return kept, history
 
-    def _score(self, pending: list[tuple[Record, Image.Image]]) -> dict:
+    def _score(self, pending: list[Item]) -> dict:
         import torch
 
         parts: dict[str, list] = {}
         for s in range(0, len(pending), self.batch_size):
             chunk = pending[s : s + self.batch_size]
-            sc = self.gate.score([im for _, im in chunk], [r.caption for r, _ in chunk])
+            sc = self.gate.score([it.image for it in chunk], [it.record.caption for it in chunk])
             for k, v in sc.items():
                 parts.setdefault(k, []).append(v)
         return {k: torch.cat(v) for k, v in parts.items()}
 
-    def _write_md(self, out_dir: Path, report: dict, history: list[float]) -> None:
+    # -- outputs --------------------------------------------------------------------------------------------------
+    def _write(self, kept: list[Item], out_dir: Path, split: str, counts: Counter) -> None:
+        img_dir = out_dir / "images" / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{split}.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8") as f:
+            for it in kept:
+                r = it.record
+                counts[r.meta.get("produced", "kept")] += 1
+                if isinstance(r.image, (str, Path)) and not any(
+                    p.get("stage") == "text_to_image" for p in r.provenance
+                ):
+                    image = str(Path(r.image).resolve())
+                else:  # in memory (generated, rendered, bytes from a shard): write it
+                    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in r.id)
+                    path = img_dir / f"{name}.png"
+                    (it.image if not isinstance(it.image, ImageRef) else it.image.load()).save(path)
+                    image = f"images/{split}/{path.name}"
+                row = {
+                    "id": r.id,
+                    "image": image,
+                    "caption": r.caption,
+                    "source": r.source,
+                    "provenance": r.provenance,
+                    "gate_scores": r.gate_scores,
+                }
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        tmp.replace(out_dir / f"{split}.jsonl")
+
+    def _write_md(self, out_dir: Path, split: str, report: dict, history: list[float]) -> None:
         lines = [
-            "# Preprocessing report",
+            f"# Preprocessing report ({split})",
             "",
             f"input records: {report['counts'].get('input', 0)}; clean pairs written: {report['output']}",
             "",
@@ -287,11 +313,11 @@ class Preprocessor:
                 lines.append(f"| {k} | {v} |")
         for k, v in sorted(report["dropped"].items()):
             lines.append(f"| dropped: {k} | {v} |")
-        lines += ["", "| stage | seconds |", "|---|---:|"] + [
-            f"| {k} | {v:.2f} |" for k, v in report["timings_s"].items()
+        lines += ["", "| stage | seconds | model calls |", "|---|---:|---:|"] + [
+            f"| {k} | {v:.2f} | {report['model_calls'].get(k, '')} |" for k, v in report["timings_s"].items()
         ]
-        (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-        if history:
+        (out_dir / f"report_{split}.md").write_text("\n".join(lines) + "\n")
+        if history and self.gate is not None:
             import matplotlib
 
             matplotlib.use("Agg")
@@ -300,7 +326,7 @@ class Preprocessor:
             fig, ax = plt.subplots(figsize=(5, 3))
             ax.hist(history, bins=50)
             ax.axvline(self.gate.threshold, color="black", linestyle="--")
-            ax.set_title("gate: combined score of pairs (first pass)")
+            ax.set_title(f"gate: combined score of {split} pairs (first pass)")
             fig.tight_layout()
-            fig.savefig(out_dir / "gate_scores.png", dpi=100)
+            fig.savefig(out_dir / f"gate_scores_{split}.png", dpi=100)
             plt.close(fig)

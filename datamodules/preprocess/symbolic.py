@@ -47,9 +47,7 @@ class SceneCaptioner:
             raise ValueError(f"scene captioner needs synthetic-world images; record {record.id} has none")
         return scene
 
-    def caption(
-        self, image: Image.Image, record: Record, rng: random.Random, *, current: str | None = None
-    ) -> str:
+    def describe(self, record: Record, rng: random.Random) -> str:
         scene = self._scene(record)
         claim = caption_claim(scene, rng, self.world, heldout_ok=False)
         text = claim.text()
@@ -62,9 +60,13 @@ class SceneCaptioner:
                 text = " ".join(words)
         return text
 
-    # The VLM's repair prompt sees the current caption too; the symbolic captioner simply re-describes the scene.
-    def repair(self, image: Image.Image, record: Record, rng: random.Random) -> str:
-        return self.caption(image, record, rng, current=record.caption)
+    def caption(self, images: list[Image.Image], records: list[Record], seeds: list[int]) -> list[str]:
+        return [self.describe(r, random.Random(s)) for r, s in zip(records, seeds)]
+
+    # The VLM's repair prompt sees the current caption too; the symbolic captioner simply re-describes the scene
+    # (with the same error rate, so a repair can be wrong and fail the gate again).
+    def repair(self, images: list[Image.Image], records: list[Record], seeds: list[int]) -> list[str]:
+        return self.caption(images, records, seeds)
 
 
 def scene_for_claim(claim, world: World, rng: random.Random, tries: int = 300) -> Scene | None:
@@ -100,12 +102,15 @@ class RendererT2I:
     def identity(self) -> dict:
         return {"backend": "renderer_t2i", "size": self.image_size, "world": self.world.seed}
 
-    def generate(self, caption: str, rng: random.Random):
+    def generate_one(self, caption: str, rng: random.Random):
         claim = parse_claim(caption)
         if claim is None:
             return None
         scene = scene_for_claim(claim, self.world, rng)
         return None if scene is None else SceneImage(scene, self.image_size)
+
+    def generate(self, captions: list[str], seeds: list[int]) -> list:
+        return [self.generate_one(c, random.Random(s)) for c, s in zip(captions, seeds)]
 
 
 __all__ = ["Count", "Exists", "Relation", "RendererT2I", "SceneCaptioner", "replace", "scene_for_claim"]

@@ -31,6 +31,8 @@ class PairsSource(Source):
     image_root: folder that relative image paths resolve against (default: each manifest's folder).
     image_key / caption_key / id_key: column names.
     check_images: verify at load time that every image file exists (skips and counts missing ones).
+    allow_lone: raw mode for preprocessing — a row without a caption is a lone image, a row without an image a
+        lone text (instead of being skipped).
     val_fraction: without val_path, this fraction of training *images* (by a hash of the path, so every caption
         of an image lands on the same side) becomes the val split.
     """
@@ -47,7 +49,9 @@ class PairsSource(Source):
         caption_key: str = "caption",
         id_key: str = "id",
         check_images: bool = True,
+        allow_lone: bool = False,
     ) -> None:
+        self.allow_lone = allow_lone
         self.paths = {"train": train_path, "val": val_path, "test": test_path}
         for split, path in self.paths.items():
             if path is not None and not Path(path).is_file():
@@ -70,8 +74,18 @@ class PairsSource(Source):
 
     def _rows(self, path: Path):
         if path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8", errors="strict") as f:
-                yield from ((i, row, None) for i, row in enumerate(csv.DictReader(f)))
+            # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is skipped (and counted),
+            # not the whole file
+            with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+                for i, row in enumerate(csv.DictReader(f)):
+                    try:
+                        for v in row.values():
+                            if isinstance(v, str):
+                                v.encode("utf-8")
+                    except UnicodeEncodeError:
+                        yield i, None, "invalid_utf8"
+                        continue
+                    yield i, row, None
             return
         with path.open("rb") as f:
             for i, raw in enumerate(f):
@@ -79,8 +93,10 @@ class PairsSource(Source):
                     continue
                 try:
                     yield i, json.loads(raw.decode("utf-8")), None
-                except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    yield i, None, f"bad_json_line ({type(e).__name__})"
+                except UnicodeDecodeError:
+                    yield i, None, "invalid_utf8"
+                except json.JSONDecodeError:
+                    yield i, None, "bad_json_line"
 
     def records(self, split: str) -> list[Record]:
         if split not in SPLITS:
@@ -110,22 +126,38 @@ class PairsSource(Source):
                 skipped[err] += 1
                 continue
             image, caption = row.get(image_key), row.get(caption_key)
-            if not isinstance(caption, str) or not caption.strip():
+            has_caption = isinstance(caption, str) and bool(caption.strip())
+            has_image = isinstance(image, str) and bool(image.strip())
+            kind = "pair"
+            if self.allow_lone and has_image and not has_caption:
+                kind, caption = "lone_image", None
+            elif self.allow_lone and has_caption and not has_image:
+                kind, image = "lone_text", None
+            elif not has_caption:
                 skipped["empty_caption"] += 1
                 continue
-            if not isinstance(image, str) or not image:
+            elif not has_image:
                 skipped["missing_image_field"] += 1
                 continue
-            img_path = Path(image) if Path(image).is_absolute() else root / image
-            if self.check_images and not img_path.is_file():
-                skipped["image_not_found"] += 1
-                continue
+            img_path = None
+            if image is not None:
+                img_path = Path(image) if Path(image).is_absolute() else root / image
+                if self.check_images and not img_path.is_file():
+                    skipped["image_not_found"] += 1
+                    continue
             rid = str(row.get(id_key) or f"{path.stem}-{i}")
             if rid in seen:
                 skipped["duplicate_id"] += 1
                 continue
             seen.add(rid)
-            out.append(Record(id=rid, image=str(img_path), caption=caption.strip(), source="pair"))
+            out.append(
+                Record(
+                    id=rid,
+                    image=None if img_path is None else str(img_path),
+                    caption=None if caption is None else caption.strip(),
+                    source=kind,
+                )
+            )
         if skipped:
             log.warning("%s: skipped %d rows of %s: %s", split, sum(skipped.values()), path, dict(skipped))
         return out

@@ -42,6 +42,8 @@ class SyntheticWorldSource(Source):
     num_train / num_val / num_test: scenes per split (one caption each).
     image_size: rendered image side in pixels.
     test_heldout_fraction: fraction of test scenes forced to contain a held-out composition.
+    scene_offset: first scene index; a different offset gives disjoint scenes of the same world (the gate scorers
+        are trained at offset 1,000,000 so they never see the scenes they later judge).
     """
 
     def __init__(
@@ -53,8 +55,12 @@ class SyntheticWorldSource(Source):
         num_test: int = 1000,
         image_size: int = 48,
         test_heldout_fraction: float = 0.5,
+        scene_offset: int = 0,
     ) -> None:
         self.world = world or World()
+        if scene_offset < 0:
+            raise ValueError(f"scene_offset must be >= 0, got {scene_offset}")
+        self.scene_offset = scene_offset
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         for split, n in self.sizes.items():
             if n < 0:
@@ -65,7 +71,7 @@ class SyntheticWorldSource(Source):
         self.test_heldout_fraction = test_heldout_fraction
 
     def scene(self, split: str, i: int) -> tuple[Scene, random.Random]:
-        rng = random.Random(f"world-{self.world.seed}-{split}-{i}")
+        rng = random.Random(f"world-{self.world.seed}-{split}-{i + self.scene_offset}")
         heldout_ok = split == "test"
         force = heldout_ok and rng.random() < self.test_heldout_fraction
         # Half of the forced test scenes get a held-out colour-shape pair, the other half a held-out relation.
@@ -82,12 +88,17 @@ class SyntheticWorldSource(Source):
             claim = caption_claim(scene, rng, self.world, heldout_ok=heldout_ok)
         heldout = self.world.contains_heldout_pair(scene) or mentions_heldout(claim, self.world)
         return Record(
-            id=f"synthetic-{split}-{i:06d}",
+            id=f"synthetic-{split}-{i + self.scene_offset:06d}",
             image=SceneImage(scene, self.image_size),
             caption=claim.text(),
             source="pair",
             provenance=[{"stage": "synthetic_world", "model": f"world-seed-{self.world.seed}"}],
-            meta={"split": split, "index": i, "claim_kind": type(claim).__name__.lower(), "heldout": heldout},
+            meta={
+                "split": split,
+                "index": i + self.scene_offset,
+                "claim_kind": type(claim).__name__.lower(),
+                "heldout": heldout,
+            },
         )
 
     @cache  # noqa: B019 - one source object per run; records are immutable once made
@@ -110,4 +121,9 @@ class SyntheticWorldSource(Source):
         return any(f"{c} {s}" in low for c, s in self.world.heldout_pairs)
 
     def describe(self) -> dict:
-        return {"type": "synthetic", "world_seed": self.world.seed, **self.sizes}
+        return {
+            "type": "synthetic",
+            "world_seed": self.world.seed,
+            "scene_offset": self.scene_offset,
+            **self.sizes,
+        }

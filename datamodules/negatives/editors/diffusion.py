@@ -9,13 +9,13 @@ Keyword arguments are passed only if the pipeline's `__call__` accepts them; inp
 
 from __future__ import annotations
 
-import inspect
 import random
 from typing import Any
 
 import torch
 from PIL import Image
 
+from datamodules.diffusers_util import accepted_kwargs, check_pipeline_class, device_dtype, load_pipeline
 from datamodules.negatives.editors.base import ImageEditor
 from datamodules.records import Record
 
@@ -50,10 +50,7 @@ class DiffusersEditor(ImageEditor):
         device: str = "auto",
         dtype: str = "auto",
     ) -> None:
-        import diffusers
-
-        if not hasattr(diffusers, pipeline):
-            raise ValueError(f"editor.pipeline: diffusers has no pipeline class '{pipeline}'")
+        check_pipeline_class(pipeline, "editor.pipeline")
         self.pipeline_name, self.model, self.revision = pipeline, model, revision
         self.prompt = prompt
         self.params = {
@@ -63,12 +60,7 @@ class DiffusersEditor(ImageEditor):
             "strength": strength,
         }
         self.size, self.seed = size, seed
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        self.dtype = (
-            (torch.float16 if self.device.startswith("cuda") else torch.float32)
-            if dtype == "auto"
-            else getattr(torch, dtype)
-        )
+        self.device, self.dtype = device_dtype(device, dtype)
         self._pipe = None
 
     def identity(self) -> dict[str, Any]:
@@ -85,22 +77,14 @@ class DiffusersEditor(ImageEditor):
     @property
     def pipe(self):
         if self._pipe is None:
-            import diffusers
-
-            cls = getattr(diffusers, self.pipeline_name)
-            kwargs = {"revision": self.revision} if self.revision else {}
-            pipe = cls.from_pretrained(
-                self.model, dtype=self.dtype, safety_checker=None, requires_safety_checker=False, **kwargs
-            )
-            pipe.set_progress_bar_config(disable=True)
-            self._pipe = pipe.to(self.device)
+            self._pipe = load_pipeline(self.pipeline_name, self.model, self.revision, self.device, self.dtype)
         return self._pipe
 
     def edit(
         self, image: Image.Image, record: Record, source_caption: str, target_caption: str, rng: random.Random
     ):
         pipe = self.pipe
-        accepted = set(inspect.signature(pipe.__call__).parameters)
+        accepted = accepted_kwargs(pipe)
         src = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
         kwargs: dict[str, Any] = {k: v for k, v in self.params.items() if k in accepted}
         kwargs["prompt"] = self.prompt.format(target=target_caption, source=source_caption)

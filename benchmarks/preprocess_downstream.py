@@ -1,0 +1,123 @@
+"""Downstream effect of preprocessing: CLIP trained (same steps, same model, plain contrastive loss) on
+
+    raw             the noisy raw pairs as they are (gate=none, no stages; lone images / texts unused)
+    gated           the pairs that pass the gate (no repair, no captioning, no text-to-image)
+    gated_repaired  the full preprocessing: gate + look-again repair + captioned lone images + drawn lone texts
+    clean_oracle    the noise-free world (upper bound; data=synthetic)
+
+    make scorers
+    python benchmarks/preprocess_downstream.py --seeds 0 --mismatch 0.1
+    python benchmarks/preprocess_downstream.py --summarize-only
+
+All runs evaluate on the same clean test scenes (synthetic benchmark + test retrieval). Runs are resumable
+(`<out>/mismatch<rate>/<variant>/seed<s>` with a metrics.json are skipped). Writes `<out>/summary.md` / `.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_experiments import COLUMNS, SWAP_REPLACE, fmt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "raw": ["experiment=noisy_synthetic", "gate=none", "stages=[]"],
+    "gated": ["experiment=noisy_synthetic", "stages=[]"],
+    "gated_repaired": ["experiment=noisy_synthetic"],
+    "clean_oracle": [],
+}
+
+
+def run(variant: str, seed: int, mismatch: float, out: Path, extra: list[str]) -> None:
+    run_dir = out / f"mismatch{mismatch}" / variant / f"seed{seed}"
+    if (run_dir / "metrics.json").is_file():
+        return
+    noise = [] if variant == "clean_oracle" else [f"preprocess.raw.mismatch_rate={mismatch}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *VARIANTS[variant],
+        *noise,
+        f"seed={seed}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+        f"paths.root_dir={ROOT}",
+        *extra,
+    ]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with (run_dir.parent / f"seed{seed}.log").open("w") as log:
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    print(f"done mismatch {mismatch} {variant} seed {seed} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def summarize(out: Path) -> str:
+    rows, data = [], {}
+    for mdir in sorted(p for p in out.iterdir() if p.is_dir() and p.name.startswith("mismatch")):
+        for variant in VARIANTS:
+            vdir = mdir / variant
+            runs = [
+                json.loads((d / "metrics.json").read_text())
+                | {"_wall": float((d / "wall_seconds.txt").read_text())}
+                for d in sorted(vdir.glob("seed*"))
+                if (d / "metrics.json").is_file()
+            ]
+            if not runs:
+                continue
+            col = lambda key, runs=runs: [r[key] for r in runs if key in r]  # noqa: E731
+            sr = [statistics.mean(r[f"eval/synthetic/{c}/acc"] for c in SWAP_REPLACE) for r in runs]
+            t_r1 = [(r["test/i2t_r1"] + r["test/t2i_r1"]) / 2 for r in runs]
+            entry = {
+                "seeds": len(runs),
+                "swap_replace_mean": sr,
+                "test_r1_mean": t_r1,
+                **{c: col(f"eval/synthetic/{c}/acc") for c in COLUMNS},
+                "wall_seconds": col("_wall"),
+            }
+            data[f"{mdir.name}/{variant}"] = entry
+            rows.append(
+                f"| {mdir.name.removeprefix('mismatch')} | {variant} | {len(runs)} | **{fmt(sr)}** | {fmt(t_r1)} | "
+                + " | ".join(fmt(entry[c]) for c in COLUMNS)
+                + f" | {fmt([w / 60 for w in entry['wall_seconds']])} |"
+            )
+    head = (
+        "| mismatch | data | seeds | swap+replace mean | test R@1 (i2t+t2i)/2 | "
+        + " | ".join(COLUMNS)
+        + " | min/run |\n|"
+        + "---|" * (len(COLUMNS) + 6)
+    )
+    table = head + "\n" + "\n".join(rows)
+    (out / "summary.md").write_text(table + "\n")
+    (out / "summary.json").write_text(json.dumps(data, indent=2))
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--mismatch", nargs="+", type=float, default=[0.1])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "preprocess_downstream")
+    ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.summarize_only:
+        for seed in args.seeds:
+            for m in args.mismatch:
+                for v in args.variants:
+                    run(v, seed, m, args.out, args.extra)
+                    summarize(args.out)
+    print(summarize(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Running the preprocessing config: calibrate the gate, run the pipeline per split, and keep the clean manifests
+in a folder keyed by a fingerprint of everything that determines them.
+
+`clean_dir(cfg)` = `<preprocess.out_dir>/<fingerprint>`; the fingerprint is a sha256 over the resolved
+preprocessing config (minus keys that cannot change the output: folders, batch sizes, devices) and the size +
+mtime of every file or folder the config names (raw manifests, image folders, scorer weights). So a changed config,
+changed raw data or retrained scorers give a new folder: the manifest is *stale* and is rebuilt; an unchanged setup
+finds `DONE` and reuses it. Rebuilding is cheap when only the gate changed, since model outputs are cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change what the manifest contains.
+_NON_SEMANTIC = {"out_dir", "cache_dir", "batch_size", "stage_batch_size", "device", "wait_timeout_s"}
+
+
+def _strip(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v) for k, v in sorted(node.items()) if k not in _NON_SEMANTIC}
+    if isinstance(node, list):
+        return [_strip(v) for v in node]
+    return node
+
+
+def _file_stats(node: Any, out: dict) -> None:
+    if isinstance(node, dict):
+        for v in node.values():
+            _file_stats(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _file_stats(v, out)
+    elif isinstance(node, str) and len(node) < 4096 and ("/" in node or "." in node):
+        p = Path(node)
+        try:
+            if p.exists():
+                st = p.stat()
+                out[str(p.resolve())] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            pass
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """sha256 of the semantic config + file stats (see module docstring)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    semantic = _strip(data)
+    stats: dict = {}
+    _file_stats(semantic, stats)
+    blob = json.dumps({"config": semantic, "files": stats}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def clean_dir(cfg: DictConfig) -> Path:
+    if cfg.get("raw") is None:
+        raise ValueError("preprocess.raw: no raw source configured (e.g. raw=noisy_synthetic)")
+    return Path(cfg.out_dir) / fingerprint(cfg)[:16]
+
+
+def build_gate(cfg: DictConfig):
+    g = cfg.get("gate")
+    if not g or "_target_" not in g:
+        return None
+    return instantiate(g)
+
+
+def build_stages(cfg: DictConfig) -> list:
+    stages = []
+    for name, node in (cfg.get("stages") or {}).items():
+        if node is None:
+            continue
+        stage = instantiate(node)
+        if getattr(stage, "name", None) != name:
+            raise ValueError(
+                f"preprocess.stages.{name}: the stage calls itself {getattr(stage, 'name', None)!r}"
+            )
+        stages.append(stage)
+    return stages
+
+
+def calibrate(cfg: DictConfig, raw, gate, out: Path, pre) -> dict:
+    """Scores matched vs shuffled raw pairs of the calibration split. The false-accept rate is measured on shuffled
+    pairs, so noise among the raw pairs does not bias the threshold; it only lowers the reported true-accept rate."""
+    c = cfg.calibration
+    split = c.split if raw.records(c.split) else "train"
+    from collections import Counter
+
+    items = pre.validate([r for r in raw.records(split) if r.image is not None and r.caption], Counter())
+    items = items[: c.size]
+    if len(items) < 16:
+        raise ValueError(f"preprocess.calibration: {len(items)} valid pairs in split {split!r}; need >= 16")
+    res = gate.calibrate(
+        [it.image for it in items], [it.record.caption for it in items], out, target_far=c.target_far
+    )
+    gate.threshold = res["suggested_threshold"] if c.threshold is None else float(c.threshold)
+    res["used_threshold"] = gate.threshold
+    res["split"] = split
+    (out / "calibration.json").write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
+def dist_info() -> tuple[int, int, Any]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist.barrier
+    return 0, 1, None
+
+
+def build(cfg: DictConfig, *, rank: int = 0, world_size: int = 1, barrier=None):
+    """(raw source, gate or None, Preprocessor) of a preprocessing config."""
+    from datamodules.preprocess.pipeline import Preprocessor
+
+    raw = instantiate(cfg.raw)
+    gate = build_gate(cfg)
+    pre = Preprocessor(
+        gate,
+        build_stages(cfg),
+        repair_rounds=cfg.repair_rounds,
+        min_side=cfg.min_side,
+        max_pixels=cfg.max_pixels,
+        cache_dir=cfg.cache_dir,
+        batch_size=cfg.batch_size,
+        stage_batch_size=cfg.stage_batch_size,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        barrier=barrier,
+    )
+    return raw, gate, pre
+
+
+def run_preprocess(cfg: DictConfig, out: Path | None = None, *, calibrate_only: bool = False) -> dict:
+    """Runs the whole preprocessing config into `out` (default: `clean_dir(cfg)`); returns the reports."""
+    out = out or clean_dir(cfg)
+    rank, world, barrier = dist_info()
+    out.mkdir(parents=True, exist_ok=True)
+    raw, gate, pre = build(cfg, rank=rank, world_size=world, barrier=barrier)
+    reports: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if gate is not None:
+        reports["calibration"] = calibrate(cfg, raw, gate, out / "calibration", pre)
+    if calibrate_only:
+        return reports
+    for split in cfg.splits:
+        records = raw.records(split)
+        skipped = getattr(raw, "skipped", {}).get(split) if hasattr(raw, "skipped") else None
+        rep = pre.run(records, out, split)["report"]
+        if skipped:
+            rep["skipped_by_source"] = dict(skipped)  # rows the reader could not turn into records
+        reports[split] = rep
+    if rank == 0:
+        meta = {
+            "fingerprint": out.name,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "reports": {k: v for k, v in reports.items()},
+        }
+        (out / "preprocess.json").write_text(json.dumps(meta, indent=2, default=str))
+        (out / "DONE").write_text(out.name + "\n")
+    if barrier is not None:
+        barrier()
+    return reports
+
+
+def ensure_clean(cfg: DictConfig) -> Path:
+    """The clean manifest folder for `cfg`: reused when up to date, rebuilt when missing or stale. Non-zero ranks
+    of a launcher that starts all ranks at once (torchrun) wait for rank 0's `DONE` marker."""
+    out = clean_dir(cfg)
+    if (out / "DONE").is_file():
+        log.info("clean manifest up to date: %s", out)
+        return out
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    if rank != 0:
+        deadline = time.time() + float(cfg.get("wait_timeout_s", 6 * 3600))
+        while not (out / "DONE").is_file():
+            if time.time() > deadline:
+                raise TimeoutError(f"rank {rank}: rank 0 did not finish preprocessing into {out}")
+            time.sleep(2)
+        return out
+    log.info("clean manifest missing or stale: preprocessing into %s", out)
+    print(f"preprocessing raw data into {out} (missing or stale) ...", flush=True)
+    run_preprocess(cfg, out)
+    return out

@@ -1,0 +1,51 @@
+"""`repair` (look again): a pair the gate rejected goes back to the captioner, which sees the image and the current
+caption and writes a corrected caption; the pair is then gated again (up to `preprocess.repair_rounds` rounds).
+The original caption and every round's revision are kept in the record's provenance."""
+
+from __future__ import annotations
+
+from datamodules.preprocess.stages.base import Item, Stage, StageContext, TextCodec, image_hash
+
+
+class RepairStage(Stage):
+    """Args: backend: object with identity() and repair(images, records, seeds) -> [str | None]; the record's
+    `caption` is the caption to revise."""
+
+    name = "repair"
+    phase = "repair"
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+
+    def __call__(self, items: list[Item], ctx: StageContext) -> list[Item]:
+        if not items:
+            return items
+        texts = ctx.cached_map(
+            self.name,
+            self.backend.identity(),
+            [
+                {"image": image_hash(it.image), "caption": it.record.caption, "record": it.record.id}
+                for it in items
+            ],
+            [(it.image, it.record, ctx.item_seed(it.record.id, self.name, ctx.round)) for it in items],
+            lambda batch: self.backend.repair(*map(list, zip(*batch))),
+            TextCodec,
+        )
+        out = []
+        for it, text in zip(items, texts):
+            text = " ".join(text.split()) if isinstance(text, str) else ""
+            if not text:
+                ctx.drop(it, "repair_failed")
+                continue
+            it.record.meta.setdefault("original_caption", it.record.caption)
+            it.record.provenance.append(
+                {
+                    "stage": self.name,
+                    "round": ctx.round,
+                    "model": self.backend.identity(),
+                    "before": it.record.caption,
+                }
+            )
+            it.record.caption = text
+            out.append(it)
+        return out

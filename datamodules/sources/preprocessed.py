@@ -1,0 +1,76 @@
+"""The clean manifests written by preprocessing, as a training source (`data=preprocessed`).
+
+train.py builds or refreshes the manifests first (`datamodules.preprocess.run.ensure_clean`); this source then reads
+`<clean_dir>/<split>.jsonl` for the preprocessed splits and takes the remaining splits (e.g. the synthetic world's
+clean test split) from the raw source itself. Vocabulary and held-out-leak hints of the raw source are passed on.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.records import Record
+from datamodules.sources.base import SPLITS, Source
+from datamodules.sources.pairs import PairsSource
+
+
+class PreprocessedSource(Source):
+    """Args:
+    preprocess: the preprocessing config (`${preprocess}`; not instantiated by Hydra — `_recursive_: false`).
+    val_fraction: when `val` is not a preprocessed split, the share of clean train images held out as val.
+    """
+
+    def __init__(self, preprocess: DictConfig | dict, val_fraction: float = 0.05) -> None:
+        if not isinstance(preprocess, DictConfig):
+            preprocess = OmegaConf.create(preprocess)
+        if preprocess.get("raw") is None:
+            raise ValueError(
+                "data.source.preprocess.raw: data=preprocessed needs a raw source (e.g. raw=noisy_synthetic)"
+            )
+        from datamodules.preprocess.run import clean_dir
+
+        self.cfg = preprocess
+        self.dir = clean_dir(preprocess)
+        self.splits = list(preprocess.splits)
+        self.val_fraction = val_fraction
+
+    @cached_property
+    def raw(self) -> Source:
+        return instantiate(self.cfg.raw)
+
+    @cached_property
+    def pairs(self) -> PairsSource:
+        if not (self.dir / "DONE").is_file():
+            raise FileNotFoundError(
+                f"data.source: clean manifest not found or incomplete at '{self.dir}' — train.py builds it; "
+                "or run `python -m datamodules.preprocess` with the same raw/gate/stages overrides"
+            )
+        path = {s: str(self.dir / f"{s}.jsonl") if s in self.splits else None for s in SPLITS}
+        return PairsSource(
+            train_path=path["train"],
+            val_path=path["val"],
+            test_path=path["test"],
+            val_fraction=self.val_fraction if path["val"] is None else 0.0,
+            check_images=True,
+        )
+
+    def records(self, split: str) -> list[Record]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
+        if split in self.splits or (split == "val" and "train" in self.splits):
+            return self.pairs.records(split)
+        return self.raw.records(split)
+
+    @property
+    def vocabulary(self):
+        return getattr(self.raw, "vocabulary", None)
+
+    def leaks(self, text: str) -> bool:
+        fn = getattr(self.raw, "leaks", None)
+        return bool(fn(text)) if fn is not None else False
+
+    def describe(self) -> dict:
+        return {"type": "preprocessed", "dir": str(self.dir), "raw": self.raw.describe()}

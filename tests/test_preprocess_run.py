@@ -1,0 +1,170 @@
+"""The preprocessing config end to end: `python -m datamodules.preprocess`, fingerprinted manifest folders (reuse
+when up to date, rebuild when stale), and train.py training on the clean manifest (data=preprocessed)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from datamodules.preprocess.run import clean_dir, ensure_clean, fingerprint
+from tests.conftest import ROOT
+
+# Random-init scorers (the trained ones come from `make scorers`, which the default test run does not need).
+GATE = [
+    "preprocess.calibration.size=48",
+    "~preprocess.gate.scorers.0.model.pretrained",
+    "~preprocess.gate.scorers.1.model.pretrained",
+]
+SMALL = ["preprocess.raw.num_train=96", "preprocess.raw.num_val=48", "preprocess.raw.num_test=48", *GATE]
+
+
+def pcfg(cfg_factory, tmp_path, *extra):
+    synthetic = not any(x.startswith("raw=") for x in extra)
+    cfg = cfg_factory(
+        *(SMALL if synthetic else GATE),
+        f"preprocess.out_dir={tmp_path / 'clean'}",
+        f"preprocess.cache_dir={tmp_path / 'cache'}",
+        *extra,
+        config_name="preprocess",
+    )
+    return cfg
+
+
+def test_entry_point_writes_manifests_reports_and_reuses_cache(cfg_factory, tmp_path):
+    from datamodules.preprocess.__main__ import main_cfg
+
+    cfg = pcfg(cfg_factory, tmp_path)
+    torch.manual_seed(0)
+    reports = main_cfg(cfg)
+    out = clean_dir(cfg.preprocess)
+    assert out.parent == tmp_path / "clean" and (out / "DONE").is_file()
+    assert reports["train"]["accounted"] == 96 and reports["val"]["accounted"] == 48
+    for f in (
+        "train.jsonl",
+        "val.jsonl",
+        "report_train.md",
+        "preprocess.json",
+        "calibration/gate_histogram.png",
+    ):
+        assert (out / f).is_file(), f
+    cal = json.loads((out / "calibration" / "calibration.json").read_text())
+    assert {"suggested_threshold", "far_at_threshold", "tar_at_threshold", "used_threshold"} <= set(cal)
+    calls = reports["train"]["model_calls"]
+    assert calls.get("caption", 0) > 0
+    # Same config again, forced to rebuild into another folder: every model output comes from the cache.
+    torch.manual_seed(0)
+    from datamodules.preprocess.run import run_preprocess
+
+    again = run_preprocess(cfg.preprocess, tmp_path / "again")
+    assert again["train"]["counts"] == reports["train"]["counts"]
+    assert not again["train"]["model_calls"].get("caption") and not again["train"]["model_calls"].get(
+        "repair"
+    )
+
+
+def test_fingerprint_tracks_config_and_input_files(cfg_factory, tmp_path, pairs_manifest):
+    base = pcfg(cfg_factory, tmp_path, "raw=pairs", f"preprocess.raw.train_path={pairs_manifest}")
+    fp = fingerprint(base.preprocess)
+    assert fp == fingerprint(
+        pcfg(cfg_factory, tmp_path, "raw=pairs", f"preprocess.raw.train_path={pairs_manifest}").preprocess
+    )
+    # Not semantic: batch sizes and folders.
+    other = pcfg(
+        cfg_factory,
+        tmp_path,
+        "raw=pairs",
+        f"preprocess.raw.train_path={pairs_manifest}",
+        "preprocess.batch_size=7",
+        f"preprocess.cache_dir={tmp_path / 'elsewhere'}",
+    )
+    assert fingerprint(other.preprocess) == fp
+    # Semantic: gate threshold, stages, and the content (size / mtime) of the raw manifest.
+    assert (
+        fingerprint(
+            pcfg(
+                cfg_factory,
+                tmp_path,
+                "raw=pairs",
+                f"preprocess.raw.train_path={pairs_manifest}",
+                "preprocess.calibration.threshold=1.5",
+            ).preprocess
+        )
+        != fp
+    )
+    assert (
+        fingerprint(
+            pcfg(
+                cfg_factory,
+                tmp_path,
+                "raw=pairs",
+                f"preprocess.raw.train_path={pairs_manifest}",
+                "stages=[caption]",
+            ).preprocess
+        )
+        != fp
+    )
+    with pairs_manifest.open("a") as f:
+        f.write(json.dumps({"id": "new", "image": "imgs/1.png", "caption": "one more"}) + "\n")
+    assert fingerprint(base.preprocess) != fp
+
+
+def test_ensure_clean_reuses_up_to_date_and_rebuilds_stale(cfg_factory, tmp_path):
+    cfg = pcfg(cfg_factory, tmp_path).preprocess
+    torch.manual_seed(0)
+    first = ensure_clean(cfg)
+    stamp = (first / "train.jsonl").stat().st_mtime_ns
+    assert ensure_clean(cfg) == first and (first / "train.jsonl").stat().st_mtime_ns == stamp
+    cfg2 = pcfg(cfg_factory, tmp_path, "preprocess.raw.mismatch_rate=0.3").preprocess
+    torch.manual_seed(0)
+    second = ensure_clean(cfg2)
+    assert second != first and (second / "DONE").is_file()
+
+
+def test_train_on_preprocessed_noisy_world(cfg_factory, tmp_path):
+    from train import train
+
+    cfg = cfg_factory(
+        "experiment=noisy_synthetic",
+        *SMALL,
+        f"preprocess.out_dir={tmp_path / 'clean'}",
+        f"preprocess.cache_dir={tmp_path / 'cache'}",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "benchmark.synthetic.num_items=8",
+        "benchmark.synthetic.num_winoground=4",
+        "trainer.enable_progress_bar=false",
+        tiny=False,
+    )
+    metrics = train(cfg)
+    out = clean_dir(cfg.preprocess)
+    n_train = len((out / "train.jsonl").read_text().splitlines())
+    report = json.loads((out / "report_train.json").read_text())
+    # random-init scorers accept few pairs; every record is still accounted for
+    assert (out / "DONE").is_file() and n_train == report["output"] > 0 and report["accounted"] == 96
+    assert "eval/synthetic/mean/acc" in metrics  # the benchmark found the raw source's world
+    assert metrics["test/i2t_r1"] >= 0  # test split = the raw source's clean test scenes
+
+
+def test_config_mistakes_fail_fast(cfg_factory, tmp_path):
+    from train import maybe_preprocess
+
+    with pytest.raises(ValueError, match="data=preprocessed needs a raw source"):
+        maybe_preprocess(cfg_factory("data=preprocessed", tiny=False))
+    with pytest.raises(ValueError, match="add data=preprocessed"):
+        maybe_preprocess(cfg_factory("raw=noisy_synthetic", tiny=False))
+
+
+def test_cli_missing_raw_path_names_the_key(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "datamodules.preprocess", "raw=pairs", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0 and "train_path" in r.stderr
