@@ -19,16 +19,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from datamodules.preprocess.quality import input_true_rate, quality
 from datamodules.preprocess.run import build, calibrate
-from datamodules.world.claims import holds, parse_claim
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def true_pair(r, world) -> bool:
-    claim = parse_claim(r.caption or "")
-    scene = getattr(r.image, "scene", None)
-    return claim is not None and scene is not None and holds(claim, scene, world.relation_margin)
 
 
 def main() -> None:
@@ -56,33 +50,15 @@ def main() -> None:
     world = raw.world
     cal = calibrate(pcfg, raw, gate, args.out / "calibration", pre) if gate is not None else None
     recs = raw.records("train")
-    raw_pairs = [r for r in recs if r.image is not None and r.caption]
-    input_true = sum(r.meta["noise"] == "clean" for r in raw_pairs) / max(len(raw_pairs), 1)
+    input_true, input_pairs = input_true_rate(recs)
     out = pre.run(recs, args.out / "clean", "train")
-    pairs = [r for r in recs if r.meta["noise"] in ("clean", "mismatched") and "gate_first_pass" in r.meta]
-    rejected = [r for r in pairs if not r.meta["gate_first_pass"]]
-    mism = [r for r in pairs if r.meta["noise"] == "mismatched"]
-    tp = sum(r.meta["noise"] == "mismatched" for r in rejected)
-    kept = out["kept"]
-    by = {
-        k: [r for r in kept if r.meta.get("produced", "kept") == k]
-        for k in ("kept", "repaired", "captioned", "generated")
-    }
-    frac = lambda rs: round(sum(true_pair(r, world) for r in rs) / max(len(rs), 1), 4)  # noqa: E731
     res = {
         "overrides": args.overrides,
         "gate_threshold": None if gate is None else gate.threshold,
         "calibration": cal,
-        "gate_reject_precision": round(tp / max(len(rejected), 1), 4),
-        "gate_reject_recall": round(tp / max(len(mism), 1), 4),
-        "rejected_first_pass": len(rejected),
-        "mismatched": len(mism),
-        **{f"{k}_count": len(v) for k, v in by.items()},
-        **{f"{k}_true": frac(v) for k, v in by.items()},
         "input_true_pair_rate": round(input_true, 4),
-        "input_pairs": len(raw_pairs),
-        "clean_manifest_true_pair_rate": frac(kept),
-        "clean_pairs": len(kept),
+        "input_pairs": input_pairs,
+        **quality(recs, out["kept"], world),
         "report": out["report"],
     }
     args.out.mkdir(parents=True, exist_ok=True)

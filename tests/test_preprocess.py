@@ -281,3 +281,64 @@ def test_stage_context_batches_and_reports_wrong_lengths(tmp_path):
     with pytest.raises(RuntimeError, match="returned 1 outputs for 2"):
         StageContext(None, batch_size=2).cached_map("t", {}, [{}, {}], [1, 2], lambda b: [1], TextCodec)
     assert isinstance(Item(Record("x", None, "c"), None).record, Record)
+
+
+class OracleGate:
+    """A transparent gate for the synthetic world: +1 when the caption is true of the scene, -1 otherwise."""
+
+    threshold, combine = 0.0, "mean"
+
+    def __init__(self, world):
+        self.world = world
+        self.current: list = []
+
+    def score(self, images, captions):
+        import torch
+
+        from datamodules.preprocess.quality import true_pair
+
+        recs = self.current[: len(captions)]
+        self.current = self.current[len(captions) :]
+        v = torch.tensor([1.0 if true_pair(r, self.world) else -1.0 for r in recs])
+        return {"oracle": v, "combined": v}
+
+    def passes(self, scores):
+        return scores["combined"] >= self.threshold
+
+
+def test_quality_numbers_small_scale_with_oracle_gate(tmp_path, monkeypatch):
+    """The measurement of benchmarks/gate_quality.py on 400 records with an oracle gate and an error-free
+    captioner: every mismatched pair whose caption is false is rejected, every rejection is right, repairs and
+    captions are all true, and the clean manifest holds only true pairs."""
+    from datamodules.preprocess.quality import input_true_rate, quality
+
+    world = World()
+    recs = noisy(world, 400, mismatch_rate=0.2)
+    gate = OracleGate(world)
+    pre = Preprocessor(gate, symbolic_stages(world, error_rate=0.0), batch_size=10_000)
+    real_score = pre._score
+    monkeypatch.setattr(
+        pre,
+        "_score",
+        lambda pending: (setattr(gate, "current", [it.record for it in pending]), real_score(pending))[1],
+    )
+    rate, n_pairs = input_true_rate(recs)
+    assert 0.7 < rate < 0.9 and n_pairs < 400
+    out = pre.run(recs, tmp_path)
+    q = quality(recs, out["kept"], world)
+    assert (
+        q["gate_reject_precision"] == 1.0 and q["gate_reject_recall"] >= 0.9
+    )  # a few mismatches are true by chance
+    assert q["repaired_count"] > 50 and q["repaired_true"] == 1.0 and q["captioned_true"] == 1.0
+    assert q["clean_manifest_true_pair_rate"] == 1.0 and q["clean_pairs"] == out["report"]["output"]
+    # With a 50% captioner error rate the look-again loop needs more rounds and drops what it cannot fix.
+    recs2 = noisy(world, 400, mismatch_rate=0.2)
+    pre2 = Preprocessor(gate, symbolic_stages(world, error_rate=0.5), repair_rounds=1, batch_size=10_000)
+    monkeypatch.setattr(
+        pre2,
+        "_score",
+        lambda pending: (setattr(gate, "current", [it.record for it in pending]), real_score(pending))[1],
+    )
+    out2 = pre2.run(recs2, tmp_path / "b")
+    assert out2["report"]["dropped"].get("gate_failed_after_repair", 0) > 0
+    assert quality(recs2, out2["kept"], world)["clean_manifest_true_pair_rate"] == 1.0

@@ -168,3 +168,54 @@ def test_cli_missing_raw_path_names_the_key(tmp_path):
         timeout=120,
     )
     assert r.returncode != 0 and "train_path" in r.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_split_model_calls(tmp_path):
+    """`torchrun --nproc_per_node 2 -m datamodules.preprocess`: the ranks share the captioner / repair calls (gloo
+    barrier, shared cache) and rank 0's manifest equals a single-process run's."""
+    common = [
+        *SMALL,
+        f"preprocess.cache_dir={tmp_path / 'cache_dist'}",
+        f"preprocess.out_dir={tmp_path / 'dist'}",
+        f"hydra.run.dir={tmp_path / 'run_dist'}",
+    ]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "datamodules.preprocess",
+            *common,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    single = [s.replace("dist", "single") for s in common]
+    r1 = subprocess.run(
+        [sys.executable, "-m", "datamodules.preprocess", *single],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    (d,) = (tmp_path / "dist").iterdir()
+    (s,) = (tmp_path / "single").iterdir()
+    assert d.name == s.name  # same fingerprint: the folder names are not part of it
+    meta_d = json.loads((d / "preprocess.json").read_text())["reports"]["train"]
+    meta_s = json.loads((s / "preprocess.json").read_text())["reports"]["train"]
+    assert meta_d["world_size"] == 2 and meta_d["counts"] == meta_s["counts"]
+    assert (
+        0 < meta_d["model_calls"]["caption"] < meta_s["model_calls"]["caption"]
+    )  # rank 0 made only its share
+    norm = lambda p: [json.loads(x)["caption"] for x in (p / "train.jsonl").read_text().splitlines()]  # noqa: E731
+    assert norm(d) == norm(s)

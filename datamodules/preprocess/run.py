@@ -120,8 +120,11 @@ def dist_info() -> tuple[int, int, Any]:
 
 def build(cfg: DictConfig, *, rank: int = 0, world_size: int = 1, barrier=None):
     """(raw source, gate or None, Preprocessor) of a preprocessing config."""
+    import torch
+
     from datamodules.preprocess.pipeline import Preprocessor
 
+    torch.manual_seed(cfg.seed)  # models without weights (tests) are the same on every rank and every run
     raw = instantiate(cfg.raw)
     gate = build_gate(cfg)
     pre = Preprocessor(

@@ -125,7 +125,10 @@ class StageContext:
         *,
         cacheable: bool = True,
     ) -> list[Any]:
-        """`fn` on every input (in batches of `batch_size`), through the cache and the rank split."""
+        """`fn` on every input (in batches of `batch_size`), through the cache and the rank split.
+
+        Under a rank split every rank must call this the same number of times (it holds a barrier), so stages call
+        it even with no inputs; ranks reach the same gate decisions because the scorers are deterministic."""
         n = len(inputs)
         out: list[Any] = [None] * n
         if not cacheable or self.cache is None:

@@ -16,8 +16,6 @@ class CaptionStage(Stage):
 
     def __call__(self, items: list[Item], ctx: StageContext) -> list[Item]:
         todo = [it for it in items if it.record.caption is None and it.image is not None]
-        if not todo:
-            return items
         texts = ctx.cached_map(
             self.name,
             self.backend.identity(),

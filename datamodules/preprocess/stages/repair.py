@@ -18,8 +18,6 @@ class RepairStage(Stage):
         self.backend = backend
 
     def __call__(self, items: list[Item], ctx: StageContext) -> list[Item]:
-        if not items:
-            return items
         texts = ctx.cached_map(
             self.name,
             self.backend.identity(),

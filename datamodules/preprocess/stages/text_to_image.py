@@ -18,8 +18,6 @@ class TextToImageStage(Stage):
 
     def __call__(self, items: list[Item], ctx: StageContext) -> list[Item]:
         todo = [it for it in items if it.image is None and it.record.caption]
-        if not todo:
-            return items
         images = ctx.cached_map(
             self.name,
             self.backend.identity(),
