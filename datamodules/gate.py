@@ -59,7 +59,8 @@ class Gate:
     """Args:
     scorers: list of GateScorer (>= 2, at least one ViT and one CNN image tower).
     combine: mean | min of the normalised scores.
-    threshold: a pair passes when combined >= threshold (in units of mismatched-pair standard deviations).
+    threshold: a pair passes when combined >= threshold (in units of mismatched-pair standard deviations);
+        None until calibrated.
     device: where the scorers run (auto: cuda when available).
     """
 
@@ -68,7 +69,7 @@ class Gate:
         scorers: list[GateScorer],
         *,
         combine: Literal["mean", "min"] = "mean",
-        threshold: float = 2.0,
+        threshold: float | None = None,
         device: str = "cpu",
         stats_file: str | None = None,
     ) -> None:
@@ -112,6 +113,8 @@ class Gate:
         return out
 
     def passes(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.threshold is None:
+            raise ValueError("preprocess.gate.threshold: not set — calibrate the gate or give a number")
         return scores["combined"] >= self.threshold
 
     def calibrate(

@@ -342,3 +342,13 @@ def test_quality_numbers_small_scale_with_oracle_gate(tmp_path, monkeypatch):
     out2 = pre2.run(recs2, tmp_path / "b")
     assert out2["report"]["dropped"].get("gate_failed_after_repair", 0) > 0
     assert quality(recs2, out2["kept"], world)["clean_manifest_true_pair_rate"] == 1.0
+
+
+def test_uncalibrated_gate_refuses_to_judge():
+    import torch
+
+    g = Gate(
+        [GateScorer("vit", ModelSpec("tiny-vit"), "vit"), GateScorer("cnn", ModelSpec("tiny-rn"), "cnn")]
+    )
+    with pytest.raises(ValueError, match="preprocess.gate.threshold"):
+        g.passes({"combined": torch.zeros(2)})

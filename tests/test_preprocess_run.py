@@ -88,7 +88,7 @@ def test_fingerprint_tracks_config_and_input_files(cfg_factory, tmp_path, pairs_
                 tmp_path,
                 "raw=pairs",
                 f"preprocess.raw.train_path={pairs_manifest}",
-                "preprocess.calibration.threshold=1.5",
+                "preprocess.gate.threshold=1.5",
             ).preprocess
         )
         != fp

@@ -103,7 +103,8 @@ def calibrate(cfg: DictConfig, raw, gate, out: Path, pre) -> dict:
     res = gate.calibrate(
         [it.image for it in items], [it.record.caption for it in items], out, target_far=c.target_far
     )
-    gate.threshold = res["suggested_threshold"] if c.threshold is None else float(c.threshold)
+    user = (cfg.get("gate") or {}).get("threshold")
+    gate.threshold = res["suggested_threshold"] if user is None else float(user)
     res["used_threshold"] = gate.threshold
     res["split"] = split
     (out / "calibration.json").write_text(json.dumps(res, indent=2, default=str))
