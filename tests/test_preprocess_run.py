@@ -219,3 +219,13 @@ def test_torchrun_two_ranks_split_model_calls(tmp_path):
     )  # rank 0 made only its share
     norm = lambda p: [json.loads(x)["caption"] for x in (p / "train.jsonl").read_text().splitlines()]  # noqa: E731
     assert norm(d) == norm(s)
+
+
+def test_preprocessing_leaves_the_callers_rng_alone(cfg_factory, tmp_path):
+    """train.py seeds, then maybe builds the manifest, then builds the model: the model init must not depend on
+    whether the manifest had to be built (or on the preprocessing seed)."""
+    cfg = pcfg(cfg_factory, tmp_path).preprocess
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    ensure_clean(cfg)
+    assert torch.equal(before, torch.random.get_rng_state())

@@ -146,7 +146,16 @@ def build(cfg: DictConfig, *, rank: int = 0, world_size: int = 1, barrier=None):
 
 
 def run_preprocess(cfg: DictConfig, out: Path | None = None, *, calibrate_only: bool = False) -> dict:
-    """Runs the whole preprocessing config into `out` (default: `clean_dir(cfg)`); returns the reports."""
+    """Runs the whole preprocessing config into `out` (default: `clean_dir(cfg)`); returns the reports. The caller's
+    torch RNG state is left untouched (a training run gets the same model init whether or not it had to build its
+    manifest first)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _run_preprocess(cfg, out, calibrate_only=calibrate_only)
+
+
+def _run_preprocess(cfg: DictConfig, out: Path | None, *, calibrate_only: bool) -> dict:
     out = out or clean_dir(cfg)
     rank, world, barrier = dist_info()
     out.mkdir(parents=True, exist_ok=True)

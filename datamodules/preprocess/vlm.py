@@ -153,10 +153,11 @@ class TransformersVLM:
         tok = getattr(processor, "tokenizer", processor)
         if getattr(tok, "pad_token_id", None) is not None:
             kw["pad_token_id"] = tok.pad_token_id
-        if self.gen["do_sample"]:
-            # one generate call per batch: seed it from the items' seeds (deterministic for a given batch)
-            torch.manual_seed(hash(tuple(seeds)) & 0x7FFFFFFF)
-        out = net.generate(**inputs, **kw)
+        with torch.random.fork_rng(devices=[]):
+            if self.gen["do_sample"]:
+                # one generate call per batch: seed it from the items' seeds (deterministic for a given batch)
+                torch.manual_seed(hash(tuple(seeds)) & 0x7FFFFFFF)
+            out = net.generate(**inputs, **kw)
         new = out[:, inputs["input_ids"].shape[1] :]
         return [self.clean(t) for t in processor.batch_decode(new, skip_special_tokens=True)]
 
