@@ -145,8 +145,23 @@ def test_ddp_sim_two_cpu_processes(cfg_factory, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
-def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment):
-    metrics = train(cfg_factory(f"experiment={experiment}", "debug=fdr"))
+def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment, tmp_path):
+    extra, tiny = [], True
+    if experiment == "noisy_synthetic":  # small raw world, random-init scorers, manifests in tmp
+        from tests.test_preprocess_run import SMALL
+
+        tiny = False
+        extra = [
+            *SMALL,
+            f"preprocess.out_dir={tmp_path / 'clean'}",
+            f"preprocess.cache_dir={tmp_path / 'cache'}",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "benchmark.synthetic.num_items=8",
+            "benchmark.synthetic.num_winoground=4",
+        ]
+    metrics = train(cfg_factory(f"experiment={experiment}", "debug=fdr", *extra, tiny=tiny))
     assert "train/loss" in metrics
 
 
