@@ -29,24 +29,52 @@ SWAP_REPLACE = [
 COLUMNS = SWAP_REPLACE + ["count", "negation"]
 
 
-def run(exp: str, seed: int, out: Path, extra: list[str]) -> None:
-    run_dir = out / exp / f"seed{seed}"
+def train_run(run_dir: Path, overrides: list[str], log_path: Path) -> float | None:
+    """`train.py <overrides>` into `run_dir` (log to `log_path`, wall seconds to `wall_seconds.txt`); a run that
+    already has a metrics.json is skipped (None), so the scripts resume."""
     if (run_dir / "metrics.json").is_file():
-        return
+        return None
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
-        f"experiment={exp}",
-        f"seed={seed}",
+        *overrides,
         f"hydra.run.dir={run_dir}",
         "trainer.enable_progress_bar=false",
-        *extra,
     ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with (out / f"{exp}-seed{seed}.log").open("w") as log:
+    with log_path.open("w") as log:
         subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-    (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    print(f"done {exp} seed {seed} in {time.perf_counter() - t0:.0f}s", flush=True)
+    wall = time.perf_counter() - t0
+    (run_dir / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
+    return wall
+
+
+def load_runs(group_dir: Path) -> list[dict]:
+    """metrics.json of every finished `seed*` run below `group_dir`, with its wall time under `_wall`."""
+    return [
+        json.loads((d / "metrics.json").read_text()) | {"_wall": float((d / "wall_seconds.txt").read_text())}
+        for d in sorted(group_dir.glob("seed*"))
+        if (d / "metrics.json").is_file()
+    ]
+
+
+def write_summary(out: Path, head: list[str], rows: list[str], data: dict) -> str:
+    """The markdown table (`head` column names, `rows` already formatted) to summary.md, `data` to summary.json."""
+    table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "\n".join(rows)
+    (out / "summary.md").write_text(table + "\n")
+    (out / "summary.json").write_text(json.dumps(data, indent=2))
+    return table
+
+
+def run(exp: str, seed: int, out: Path, extra: list[str]) -> None:
+    wall = train_run(
+        out / exp / f"seed{seed}",
+        [f"experiment={exp}", f"seed={seed}", *extra],
+        out / f"{exp}-seed{seed}.log",
+    )
+    if wall is not None:
+        print(f"done {exp} seed {seed} in {wall:.0f}s", flush=True)
 
 
 def fmt(values: list[float]) -> str:
@@ -60,12 +88,7 @@ def fmt(values: list[float]) -> str:
 def summarize(out: Path) -> str:
     rows, data = [], {}
     for exp_dir in sorted(p for p in out.iterdir() if p.is_dir()):
-        runs = [
-            json.loads((d / "metrics.json").read_text())
-            | {"_wall": float((d / "wall_seconds.txt").read_text())}
-            for d in sorted(exp_dir.glob("seed*"))
-            if (d / "metrics.json").is_file()
-        ]
+        runs = load_runs(exp_dir)
         if not runs:
             continue
         col = lambda key, runs=runs: [r[key] for r in runs if key in r]  # noqa: E731
@@ -87,16 +110,17 @@ def summarize(out: Path) -> str:
             + " | ".join(fmt(entry[c]) for c in COLUMNS)
             + f" | {fmt(entry['winoground_group'])} | {fmt(r1)} | {fmt([w / 60 for w in entry['wall_seconds']])} |"
         )
-    head = (
-        "| experiment | seeds | swap+replace mean | (held-out) | "
-        + " | ".join(COLUMNS)
-        + " | wino group | val R@1 | min/run |\n|"
-        + "---|" * (len(COLUMNS) + 7)
-    )
-    table = head + "\n" + "\n".join(rows)
-    (out / "summary.md").write_text(table + "\n")
-    (out / "summary.json").write_text(json.dumps(data, indent=2))
-    return table
+    head = [
+        "experiment",
+        "seeds",
+        "swap+replace mean",
+        "(held-out)",
+        *COLUMNS,
+        "wino group",
+        "val R@1",
+        "min/run",
+    ]
+    return write_summary(out, head, rows, data)
 
 
 def main() -> None:

@@ -16,15 +16,12 @@ All runs evaluate on the same clean test scenes (synthetic benchmark + test retr
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_experiments import COLUMNS, SWAP_REPLACE, fmt  # noqa: E402
+from compare_experiments import COLUMNS, SWAP_REPLACE, fmt, load_runs, train_run, write_summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -37,26 +34,11 @@ VARIANTS = {
 
 def run(variant: str, seed: int, mismatch: float, out: Path, extra: list[str]) -> None:
     run_dir = out / f"mismatch{mismatch}" / variant / f"seed{seed}"
-    if (run_dir / "metrics.json").is_file():
-        return
     noise = [] if variant == "clean_oracle" else [f"preprocess.raw.mismatch_rate={mismatch}"]
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        *VARIANTS[variant],
-        *noise,
-        f"seed={seed}",
-        f"hydra.run.dir={run_dir}",
-        "trainer.enable_progress_bar=false",
-        f"paths.root_dir={ROOT}",
-        *extra,
-    ]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with (run_dir.parent / f"seed{seed}.log").open("w") as log:
-        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-    (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    print(f"done mismatch {mismatch} {variant} seed {seed} in {time.perf_counter() - t0:.0f}s", flush=True)
+    overrides = [*VARIANTS[variant], *noise, f"seed={seed}", f"paths.root_dir={ROOT}", *extra]
+    wall = train_run(run_dir, overrides, run_dir.parent / f"seed{seed}.log")
+    if wall is not None:
+        print(f"done mismatch {mismatch} {variant} seed {seed} in {wall:.0f}s", flush=True)
 
 
 def summarize(out: Path) -> str:
@@ -64,12 +46,7 @@ def summarize(out: Path) -> str:
     for mdir in sorted(p for p in out.iterdir() if p.is_dir() and p.name.startswith("mismatch")):
         for variant in VARIANTS:
             vdir = mdir / variant
-            runs = [
-                json.loads((d / "metrics.json").read_text())
-                | {"_wall": float((d / "wall_seconds.txt").read_text())}
-                for d in sorted(vdir.glob("seed*"))
-                if (d / "metrics.json").is_file()
-            ]
+            runs = load_runs(vdir)
             if not runs:
                 continue
             col = lambda key, runs=runs: [r[key] for r in runs if key in r]  # noqa: E731
@@ -88,16 +65,8 @@ def summarize(out: Path) -> str:
                 + " | ".join(fmt(entry[c]) for c in COLUMNS)
                 + f" | {fmt([w / 60 for w in entry['wall_seconds']])} |"
             )
-    head = (
-        "| mismatch | data | seeds | swap+replace mean | test R@1 (i2t+t2i)/2 | "
-        + " | ".join(COLUMNS)
-        + " | min/run |\n|"
-        + "---|" * (len(COLUMNS) + 6)
-    )
-    table = head + "\n" + "\n".join(rows)
-    (out / "summary.md").write_text(table + "\n")
-    (out / "summary.json").write_text(json.dumps(data, indent=2))
-    return table
+    head = ["mismatch", "data", "seeds", "swap+replace mean", "test R@1 (i2t+t2i)/2", *COLUMNS, "min/run"]
+    return write_summary(out, head, rows, data)
 
 
 def main() -> None:
