@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image
 
 from datamodules.gate import Gate
-from datamodules.preprocess.stages.base import Item, Stage, StageContext
+from datamodules.preprocess.stages.base import Item, Stage, StageContext, normalize_text
 from datamodules.records import ImageRef, Record, load_image
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Preprocessor:
                         continue
                     r.caption, r.source = None, "lone_image"  # an image with an empty caption is a lone image
                 else:
-                    r.caption = " ".join(r.caption.split())
+                    r.caption = normalize_text(r.caption)
             image = None
             if r.image is not None:
                 try:
@@ -178,14 +178,12 @@ class Preprocessor:
                 pairs.append(it)
 
         kept, history = self._gate_and_repair(pairs, ctx, timings)
+        counts.update(it.record.meta.get("produced", "kept") for it in kept)
 
         if self.rank == 0:
             t0 = time.perf_counter()
-            self._write(kept, out_dir, split, counts)
+            self._write(kept, out_dir, split)
             timings["write"] = time.perf_counter() - t0
-        else:
-            for it in kept:
-                counts[it.record.meta.get("produced", "kept")] += 1
         self.calls.update(ctx.calls)
         report = {
             "split": split,
@@ -271,14 +269,13 @@ class Preprocessor:
         return {k: torch.cat(v) for k, v in parts.items()}
 
     # -- outputs --------------------------------------------------------------------------------------------------
-    def _write(self, kept: list[Item], out_dir: Path, split: str, counts: Counter) -> None:
+    def _write(self, kept: list[Item], out_dir: Path, split: str) -> None:
         img_dir = out_dir / "images" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         tmp = out_dir / f".{split}.jsonl.tmp"
         with tmp.open("w", encoding="utf-8") as f:
             for it in kept:
                 r = it.record
-                counts[r.meta.get("produced", "kept")] += 1
                 if isinstance(r.image, (str, Path)) and not any(
                     p.get("stage") == "text_to_image" for p in r.provenance
                 ):

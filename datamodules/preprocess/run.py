@@ -168,7 +168,7 @@ def _run_preprocess(cfg: DictConfig, out: Path | None, *, calibrate_only: bool) 
         return reports
     for split in cfg.splits:
         records = raw.records(split)
-        skipped = getattr(raw, "skipped", {}).get(split) if hasattr(raw, "skipped") else None
+        skipped = (getattr(raw, "skipped", None) or {}).get(split)
         rep = pre.run(records, out, split)["report"]
         if skipped:
             rep["skipped_by_source"] = dict(skipped)  # rows the reader could not turn into records

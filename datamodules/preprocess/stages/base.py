@@ -37,6 +37,11 @@ class Item:
     image: Image.Image | None
 
 
+def normalize_text(value: Any) -> str:
+    """A model's or a source's caption with whitespace collapsed; "" for anything that is not text."""
+    return " ".join(value.split()) if isinstance(value, str) else ""
+
+
 def image_hash(image: Image.Image) -> str:
     """Content hash of a decoded image (pixels + size + mode)."""
     return content_hash(image.tobytes() + repr((image.size, image.mode)).encode())

@@ -3,7 +3,14 @@ captioner of the synthetic world). Pairs and lone texts pass through untouched."
 
 from __future__ import annotations
 
-from datamodules.preprocess.stages.base import Item, Stage, StageContext, TextCodec, image_hash
+from datamodules.preprocess.stages.base import (
+    Item,
+    Stage,
+    StageContext,
+    TextCodec,
+    image_hash,
+    normalize_text,
+)
 
 
 class CaptionStage(Stage):
@@ -26,7 +33,7 @@ class CaptionStage(Stage):
         )
         failed = set()
         for it, text in zip(todo, texts):
-            text = " ".join(text.split()) if isinstance(text, str) else ""
+            text = normalize_text(text)
             if not text:
                 ctx.drop(it, "caption_failed")
                 failed.add(id(it))

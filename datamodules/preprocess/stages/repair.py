@@ -4,7 +4,14 @@ The original caption and every round's revision are kept in the record's provena
 
 from __future__ import annotations
 
-from datamodules.preprocess.stages.base import Item, Stage, StageContext, TextCodec, image_hash
+from datamodules.preprocess.stages.base import (
+    Item,
+    Stage,
+    StageContext,
+    TextCodec,
+    image_hash,
+    normalize_text,
+)
 
 
 class RepairStage(Stage):
@@ -31,7 +38,7 @@ class RepairStage(Stage):
         )
         out = []
         for it, text in zip(items, texts):
-            text = " ".join(text.split()) if isinstance(text, str) else ""
+            text = normalize_text(text)
             if not text:
                 ctx.drop(it, "repair_failed")
                 continue
