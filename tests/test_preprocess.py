@@ -224,7 +224,7 @@ def test_distributed_needs_shared_cache(gate):
         StageContext(None, world_size=2)
 
 
-def test_broken_inputs_are_skipped_and_counted(gate, tmp_path):
+def test_broken_inputs_are_skipped_and_counted(tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGB", (48, 48), "red").save(good)
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -247,7 +247,8 @@ def test_broken_inputs_are_skipped_and_counted(gate, tmp_path):
         Record("bytes_bad", b"\x00\x01garbage", "x"),
         Record("nothing", None, None),
     ]
-    out = Preprocessor(gate, [], max_pixels=100_000).run(recs, tmp_path / "out")
+    # No gate: validation is under test; a random-init gate's verdict on the two valid pairs is not deterministic.
+    out = Preprocessor(None, [], max_pixels=100_000).run(recs, tmp_path / "out")
     d = out["report"]["dropped"]
     assert d == {
         "duplicate_id": 1,
@@ -258,8 +259,8 @@ def test_broken_inputs_are_skipped_and_counted(gate, tmp_path):
         "empty_caption_and_no_image": 1,
         "caption_invalid_utf8": 1,
         "no_image_no_caption": 1,
-    } | ({"gate_failed": 1} if out["report"]["output"] == 0 else {})
-    assert out["report"]["accounted"] == len(recs)
+    }
+    assert out["report"]["output"] == 2 and out["report"]["accounted"] == len(recs)
 
 
 def test_stage_context_batches_and_reports_wrong_lengths(tmp_path):
