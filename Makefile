@@ -18,9 +18,9 @@ install: $(STAMP)
 
 ## Train the default run and print its evaluation table: the noisy synthetic world (10% mismatched captions, 5% lone
 ## images, 5% lone texts) is preprocessed (gate of trained tiny ViT + ResNet scorers, look-again repair, captioning,
-## text-to-image) into a clean manifest, then a tiny ViT CLIP trains on it (CPU). The scorers are trained first if
+## text-to-image) into a clean manifest, then a tiny ViT CLIP trains on it with compositional hard negatives (CPU). The scorers are trained first if
 ## missing (`make scorers`). Other setups: make train EXPERIMENT=all ARGS="trainer.max_steps=200 seed=1"
-EXPERIMENT ?= noisy_synthetic
+EXPERIMENT ?= noisy_hardneg
 SCORERS := data/scorers/tiny-vit.safetensors data/scorers/tiny-rn.safetensors
 train: $(STAMP) $(SCORERS)
 	$(PY) train.py experiment=$(EXPERIMENT) $(ARGS)
@@ -32,7 +32,7 @@ evaluate: $(STAMP)
 ## Gate scorers for the synthetic world: a tiny ViT and a tiny ResNet CLIP trained on clean synthetic data,
 ## exported to data/scorers/{tiny-vit,tiny-rn}.safetensors (used by conf/gate/synthetic.yaml). They train on scenes
 ## disjoint from the raw data they will judge (scene_offset), like a pretrained CLIP that never saw your data.
-SCORER_ARGS = data.source.scene_offset=1000000 trainer.max_steps=600 trainer.val_check_interval=300 evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
+SCORER_ARGS = data.source.scene_offset=1000000 trainer.max_steps=400 trainer.val_check_interval=400 data.val_negatives={} evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
 scorers: $(SCORERS)
 
 $(SCORERS) &: | $(STAMP)

@@ -15,6 +15,11 @@ from datamodules.sources.base import Source
 log = logging.getLogger(__name__)
 
 
+def _generators(negs: dict[str, Any] | Sequence[Any] | None) -> list[Any]:
+    negs = negs or {}
+    return [g for g in (negs.values() if isinstance(negs, Mapping) else negs) if g is not None]
+
+
 class ClipDataModule(L.LightningDataModule):
     """Args:
     source: where records come from (synthetic world, JSONL/CSV pairs, ...).
@@ -22,6 +27,9 @@ class ClipDataModule(L.LightningDataModule):
     eval_batch_size: global batch size for val/test (default: batch_size).
     num_workers / pin_memory / persistent_workers: DataLoader settings.
     negatives: hard-negative generators applied to training samples (name -> generator).
+    val_negatives: generators applied to validation samples, for the seeded, gradient-free diagnostics
+        (`val/hardneg_acc/<kind>`, tower sensitivity). None = the training generators; {} = none. A fixed set here
+        makes the diagnostics comparable between experiments (the baseline trains without negatives).
     image_transform / tokenizer: injected by train.py from the model spec.
     seed: base seed of per-sample RNGs.
     """
@@ -36,6 +44,7 @@ class ClipDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         negatives: dict[str, Any] | Sequence[Any] | None = None,
+        val_negatives: dict[str, Any] | Sequence[Any] | None = None,
         image_transform: Callable | None = None,
         tokenizer: Callable | None = None,
         seed: int = 0,
@@ -49,9 +58,9 @@ class ClipDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        negs = negatives or {}
-        self.negatives = [g for g in (negs.values() if isinstance(negs, Mapping) else negs) if g is not None]
-        for gen in self.negatives:
+        self.negatives = _generators(negatives)
+        self.val_negatives = self.negatives if val_negatives is None else _generators(val_negatives)
+        for gen in {id(g): g for g in self.negatives + self.val_negatives}.values():
             gen.leak_filter = getattr(source, "leaks", None)
             gen.vocabulary = getattr(source, "vocabulary", None)
         self.image_transform = image_transform
@@ -82,7 +91,7 @@ class ClipDataModule(L.LightningDataModule):
                 records,
                 self.image_transform,
                 self.tokenizer,
-                negatives=self.negatives if split == "train" else (),
+                negatives={"train": self.negatives, "val": self.val_negatives}.get(split, ()),
                 seed=self.seed,
             )
             log.info("%s split: %d records", split, len(records))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.losses.base import LossInputs
-from lightning_modules.metrics import retrieval_recall
-from lightning_modules.model_factory import ModelSpec
+from lightning_modules.metrics import hardneg_stats, mean_offdiag_cos, retrieval_recall
+from lightning_modules.model_factory import ModelSpec, load_init_weights
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -42,6 +42,8 @@ class ClipModule(L.LightningModule):
     scheduler: partial scheduler (optimizer, total_steps) -> LR scheduler stepped per step, or None.
     max_logit_scale: clamp of the learned logit scale (ln 100 in CLIP).
     run_config: the resolved run config (primitive dict) stored in the checkpoint so evaluate.py can rebuild.
+    init_from: a train.py checkpoint or exported .safetensors to start from (weights only; e.g. hard-negative
+        fine-tuning of a contrastively pretrained model). Resuming a run is a different thing (optimizer + step).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class ClipModule(L.LightningModule):
         *,
         max_logit_scale: float = math.log(100.0),
         run_config: dict | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({"run_config": run_config or {}, "max_logit_scale": max_logit_scale})
@@ -62,14 +65,20 @@ class ClipModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.max_logit_scale = max_logit_scale
+        self.init_from = init_from
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self._t_last: float | None = None
         self._t_end: float | None = None
+        # Relational-binding diagnostics, summed per kind until logged: {metric prefix: {kind: [correct, cos, n]}}
+        self._diag: dict[str, dict[str, dict[str, torch.Tensor]]] = {"train": {}, "val": {}, "test": {}}
+        self._rand_cos: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
 
     # -- model ------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.model_spec.build()
+            if self.init_from:
+                load_init_weights(self.model, self.init_from)
 
     def encode(
         self, images: torch.Tensor, texts: torch.Tensor
@@ -115,7 +124,68 @@ class ClipModule(L.LightningModule):
         log["train/num_img_neg"] = float(batch["images"].shape[0] - b)
         self.log_dict(log, prog_bar=False, batch_size=b)
         self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
+        self._accumulate_diag("train", x)
+        if (self.trainer.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
+            self._log_diag("train")
         return total
+
+    # -- diagnostics ------------------------------------------------------------------------------------------
+    def _accumulate_diag(self, split: str, x: LossInputs) -> None:
+        """Per-kind hard-negative accuracy and tower sensitivity (see `metrics.hardneg_stats`)."""
+        sides = (
+            (
+                "hardneg_acc",
+                "txt_neg_cos",
+                x.img_BD,
+                x.txt_BD,
+                x.txt_neg_ND,
+                x.txt_neg_owner_N,
+                x.txt_neg_kind,
+            ),
+            (
+                "hardneg_acc_image",
+                "img_neg_cos",
+                x.txt_BD,
+                x.img_BD,
+                x.img_neg_MD,
+                x.img_neg_owner_M,
+                x.img_neg_kind,
+            ),
+        )
+        for acc_name, cos_name, anchor, pos, neg, owner, kinds in sides:
+            if neg is None or owner is None or not len(kinds):
+                continue
+            for kind, v in hardneg_stats(anchor, pos, neg, owner.to(anchor.device), kinds).items():
+                bucket = self._diag[split].setdefault(f"{acc_name}|{cos_name}", {})
+                bucket[kind] = bucket[kind] + v.cpu() if kind in bucket else v.cpu()
+
+    def _log_diag(self, split: str) -> None:
+        acc = self._diag[split]
+        self._diag[split] = {}
+        if self.trainer.world_size > 1:  # kinds can differ between ranks: merge dictionaries, then sum
+            parts: list[dict] = [{} for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(parts, acc)
+            acc = {}
+            for part in parts:
+                for side, kinds in part.items():
+                    for kind, v in kinds.items():
+                        bucket = acc.setdefault(side, {})
+                        bucket[kind] = bucket[kind] + v if kind in bucket else v
+        out: dict[str, float] = {}
+        for side, kinds in acc.items():
+            acc_name, cos_name = side.split("|")
+            for kind, (correct, cos_sum, n) in kinds.items():
+                if n > 0:
+                    out[f"{split}/{acc_name}/{kind}"] = float(correct / n)
+                    if split != "train":
+                        out[f"{split}/{cos_name}/{kind}"] = float(cos_sum / n)
+        if split != "train" and self._rand_cos[split]:
+            txt_c, img_c = zip(*self._rand_cos[split])
+            out[f"{split}/txt_cos_random"] = float(torch.stack(txt_c).mean())
+            out[f"{split}/img_cos_random"] = float(torch.stack(img_c).mean())
+        self._rand_cos.get(split, []).clear()
+        if out:  # identical on every rank after the merge above
+            self.log_dict(out, batch_size=1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -148,6 +218,10 @@ class ClipModule(L.LightningModule):
         total, _ = self.compute_loss(x)
         self.log(f"{split}/loss", total, sync_dist=True, batch_size=batch["num_pos"])
         self._val_outputs.append((x.img_BD.float(), x.txt_BD.float(), list(batch["image_keys"])))
+        self._accumulate_diag(split, x)
+        self._rand_cos[split].append(
+            torch.stack([mean_offdiag_cos(x.txt_BD), mean_offdiag_cos(x.img_BD)]).cpu()
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._retrieval_epoch_end("val")
@@ -156,6 +230,7 @@ class ClipModule(L.LightningModule):
         self._retrieval_epoch_end("test")
 
     def _retrieval_epoch_end(self, split: str) -> None:
+        self._log_diag(split)
         if not self._val_outputs:
             return
         img = torch.cat([o[0] for o in self._val_outputs])

@@ -47,3 +47,45 @@ def retrieval_recall(
         out[f"t2i_r{k}"] = 100.0 * (t2i_rank_T < k).float().mean().item()
     out["r_mean"] = sum(out.values()) / len(out)
     return out
+
+
+@torch.no_grad()
+def hardneg_stats(
+    anchor_BD: torch.Tensor,
+    pos_BD: torch.Tensor,
+    neg_ND: torch.Tensor,
+    owner_N: torch.Tensor,
+    kinds: list[str],
+) -> dict[str, torch.Tensor]:
+    """Per-kind sums over hard negatives, for the relational-binding diagnostics.
+
+    Each negative n (owned by sample b = owner_N[n]) forms the triple (anchor_b, pos_b, neg_n). For text negatives
+    the anchor is b's image, pos its caption and neg a rewritten caption; for image negatives the anchor is b's
+    caption, pos its image, neg an edited image. Features are L2-normalised, so dot products are cosines.
+
+    Returns {kind: tensor([correct, cos_sum, count])}: `correct` counts triples where the anchor scores its
+    positive strictly higher than the negative; `cos_sum` sums cos(pos_b, neg_n) (tower sensitivity: close to 1
+    means the tower barely tells the negative from the positive).
+    """
+    out: dict[str, torch.Tensor] = {}
+    if neg_ND is None or neg_ND.shape[0] == 0:
+        return out
+    anchor_ND = anchor_BD.float()[owner_N]
+    pos_ND = pos_BD.float()[owner_N]
+    neg_ND = neg_ND.float()
+    correct_N = ((anchor_ND * pos_ND).sum(-1) > (anchor_ND * neg_ND).sum(-1)).float()
+    cos_N = (pos_ND * neg_ND).sum(-1)
+    for kind in sorted(set(kinds)):
+        mask_N = torch.tensor([k == kind for k in kinds], device=neg_ND.device)
+        out[kind] = torch.stack([correct_N[mask_N].sum(), cos_N[mask_N].sum(), mask_N.sum().float()])
+    return out
+
+
+@torch.no_grad()
+def mean_offdiag_cos(x_BD: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between different rows (the reference level for the sensitivity cosines)."""
+    b = x_BD.shape[0]
+    if b < 2:
+        return x_BD.new_zeros(())
+    sim = x_BD.float() @ x_BD.float().T
+    return (sim.sum() - sim.diagonal().sum()) / (b * (b - 1))

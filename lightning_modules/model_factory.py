@@ -107,3 +107,29 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def load_init_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Initialises `model` from a train.py checkpoint (`.ckpt`: its `model.*` weights only, read with
+    weights_only=True; optimizer state and step are not restored) or an exported open_clip state dict
+    (`.safetensors`). Strict: the architecture must match. Used by `module.init_from` (the two-stage regime:
+    contrastive pretraining, then hard-negative fine-tuning from that checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"module.init_from: weights not found: '{path}'")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "state_dict" not in ckpt:
+            raise ValueError(
+                f"module.init_from: '{path}' has no 'state_dict'; expected a train.py checkpoint"
+            )
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"module.init_from: '{path}' does not match the configured model: {e}") from e
+    log.info("initialised weights from %s", path)

@@ -262,3 +262,32 @@ def test_distributed_hard_negative_gradients_equal_global_batch():
         got_i[mine_i] = grads["ineg"]
     torch.testing.assert_close(got_t, ref["tneg"].grad)
     torch.testing.assert_close(got_i, ref["ineg"].grad)
+
+
+def test_intra_modal_separation_matches_hand_computed_hinge():
+    from lightning_modules.losses.intra_modal import IntraModalSeparation
+
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neg = torch.tensor(
+        [[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]
+    )  # cos with owner: 0.8, 1.0 (kind not selected), 0.0
+    x = LossInputs(
+        img_BD=txt.clone(),
+        txt_BD=txt,
+        logit_scale=torch.tensor(10.0),
+        txt_neg_ND=neg,
+        txt_neg_owner_N=torch.tensor([0, 0, 1]),
+        txt_neg_kind=["compositional/position", "compositional/color", "compositional/swap_objects"],
+    )
+    term = IntraModalSeparation(
+        "text", kinds=["compositional/position", "compositional/swap_objects"], margin=0.5, weight=2.0
+    )
+    out = term(x)
+    # selected cosines 0.8 and 0.0: hinge (0.3 + 0) / 2 = 0.15, weight 2 -> 0.3; mean cosine 0.4.
+    torch.testing.assert_close(out["intra_text_loss"], torch.tensor(0.3))
+    torch.testing.assert_close(out["intra_text_cos"], torch.tensor(0.4))
+    # No selected negative: a zero loss that still depends on the features (same graph on every rank).
+    empty = IntraModalSeparation("image")(x)
+    assert float(empty["intra_image_loss"]) == 0.0
+    with pytest.raises(ValueError, match="modality"):
+        IntraModalSeparation("audio")

@@ -44,3 +44,27 @@ def test_retrieval_perfect_and_chance():
     assert out["i2t_r1"] == 100.0 and out["t2i_r1"] == 100.0 and out["r_mean"] == 100.0
     rev = retrieval_recall(img, img.roll(1, 0), torch.arange(16))
     assert rev["i2t_r1"] == 0.0
+
+
+def test_hardneg_stats_matches_hand_computed_reference():
+    from lightning_modules.metrics import hardneg_stats, mean_offdiag_cos
+
+    # 2 samples in 2-D; unit vectors so dot products are cosines computed by hand below.
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[0.8, 0.6], [0.6, 0.8]])
+    neg = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]])
+    owner = torch.tensor([0, 0, 1])
+    kinds = ["compositional/position", "compositional/swap_objects", "compositional/position"]
+    out = hardneg_stats(img, txt, neg, owner, kinds)
+    # position: sample 0: img0·txt0 = 0.8 > img0·neg0 = 0.6 (correct), cos(txt0, neg0) = 0.48 + 0.48 = 0.96;
+    #           sample 1: img1·txt1 = 0.8 < img1·neg2 = 1.0 (wrong), cos(txt1, neg2) = 0.8.
+    torch.testing.assert_close(out["compositional/position"], torch.tensor([1.0, 0.96 + 0.8, 2.0]))
+    # swap_objects: sample 0: 0.8 < img0·neg1 = 1.0 (wrong), cos(txt0, neg1) = 0.8.
+    torch.testing.assert_close(out["compositional/swap_objects"], torch.tensor([0.0, 0.8, 1.0]))
+    # A tie is not a win (strictly higher).
+    tie = hardneg_stats(img, txt, txt[:1].clone(), torch.tensor([0]), ["k"])
+    assert tie["k"][0] == 0
+    assert hardneg_stats(img, txt, neg[:0], owner[:0], []) == {}
+    # Mean off-diagonal cosine: rows (1,0), (0,1), (0.6,0.8): pairs 0, 0.6, 0.8 -> mean 1.4 / 3.
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    torch.testing.assert_close(mean_offdiag_cos(x), torch.tensor(1.4 / 3))

@@ -187,3 +187,27 @@ def test_renderer_image_edits_match_their_negative_caption():
 def test_renderer_editor_refuses_real_images():
     with pytest.raises(ValueError, match="synthetic-world records"):
         RendererEditor().edit(img(), rec("a red circle"), "a red circle", "a blue circle", random.Random(0))
+
+
+def test_text_rules_priority_puts_relational_rewrites_first():
+    src = SyntheticWorldSource(
+        World(min_objects=2, max_objects=2, caption_mix={"relation": 1.0}), num_train=200
+    )
+    gen = TextRules(num_per_caption=1, priority=["position", "swap_objects"])
+    plain = TextRules(num_per_caption=1)
+    for g in (gen, plain):
+        g.vocabulary, g.leak_filter = src.vocabulary, src.leaks
+    got, base = Counter(), Counter()
+    for rec in src.records("train"):
+        if parse_claim(rec.caption).__class__.__name__ != "Relation":
+            continue
+        image = rec.image.load()
+        got.update(n.kind for n in gen(rec, image, random.Random(rec.id)))
+        base.update(n.kind for n in plain(rec, image, random.Random(rec.id)))
+    relational = got["compositional/position"] + got["compositional/swap_objects"]
+    assert relational == sum(got.values()) > 100, got  # every relation caption gets a relational negative
+    assert base["compositional/position"] + base["compositional/swap_objects"] < 0.6 * sum(base.values()), (
+        base
+    )
+    with pytest.raises(ValueError, match="priority"):
+        TextRules(kinds=["color"], priority=["position"])

@@ -147,7 +147,7 @@ def test_ddp_sim_two_cpu_processes(cfg_factory, tmp_path):
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
 def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment, tmp_path):
     extra, tiny = [], True
-    if experiment == "noisy_synthetic":  # small raw world, random-init scorers, manifests in tmp
+    if experiment.startswith("noisy_"):  # small raw world, random-init scorers, manifests in tmp
         from tests.test_preprocess_run import SMALL
 
         tiny = False
@@ -212,3 +212,55 @@ def test_two_epochs_second_makes_no_generator_calls(cfg_factory, tiny_llm_dir, t
         calls[int(r["epoch"])] += int(float(r.get("train/gen/llm_rewriter/calls") or 0))
         hits[int(r["epoch"])] += int(float(r.get("train/gen/llm_rewriter/cache_hit") or 0))
     assert calls[0] == 64 and calls[1] == 0 and hits[1] == 64, (calls, hits)
+
+
+def test_relational_diagnostics_are_logged_and_init_from_loads_weights(cfg_factory, tmp_path):
+    """Per-kind hard-negative accuracy (train + val), tower sensitivity at validation, and module.init_from."""
+    import csv
+
+    cfg = cfg_factory(
+        "experiment=hardneg",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "trainer.log_every_n_steps=2",
+        "data.source.num_val=48",
+        "evaluate_after=false",
+        "run_test=false",
+    )
+    train(cfg)
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    logged = {k for r in rows for k, v in r.items() if v}
+    for key in (
+        "train/hardneg_acc/compositional/position",
+        "val/hardneg_acc/compositional/swap_objects",
+        "val/hardneg_acc_image/compositional/position",
+        "val/txt_neg_cos/compositional/swap_objects",
+        "val/img_neg_cos/compositional/position",
+        "val/txt_cos_random",
+        "val/img_cos_random",
+    ):
+        assert key in logged, key
+    for r in rows:
+        for k, v in r.items():
+            if v and "hardneg_acc" in k:
+                assert 0.0 <= float(v) <= 1.0
+            if v and "_cos" in k:
+                assert -1.0 <= float(v) <= 1.0 + 1e-6
+    # Start a second run from the first one's weights: its model equals the checkpoint before any step.
+    from lightning_modules.clip_module import ClipModule
+    from lightning_modules.model_factory import ModelSpec
+
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    module = ClipModule(ModelSpec(name="tiny-vit"), torch.nn.Identity(), None, init_from=str(ckpt))
+    module.configure_model()
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for k, v in module.model.state_dict().items():
+        torch.testing.assert_close(v, saved[f"model.{k}"])
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        ClipModule(
+            ModelSpec(name="tiny-vit"), torch.nn.Identity(), None, init_from="nope.ckpt"
+        ).configure_model()
+    with pytest.raises(ValueError, match="does not match"):
+        ClipModule(
+            ModelSpec(name="tiny-rn"), torch.nn.Identity(), None, init_from=str(ckpt)
+        ).configure_model()

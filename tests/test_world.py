@@ -151,3 +151,27 @@ def test_mentions_heldout():
 def test_world_rejects_bad_config():
     with pytest.raises(ValueError, match="min_objects"):
         World(min_objects=3, max_objects=2)
+
+
+def test_caption_mix_changes_shares_and_default_is_unchanged():
+    from collections import Counter
+
+    from datamodules.world.claims import caption_claim
+
+    def shares(world):
+        c = Counter()
+        for i in range(1500):
+            rng = random.Random(i)
+            scene = world.sample_scene(rng, heldout_ok=False)
+            c[type(caption_claim(scene, rng, world, heldout_ok=False)).__name__] += 1
+        return c
+
+    explicit = shares(World(caption_mix={"relation": 0.4, "exists": 0.3, "count": 0.15, "negation": 0.15}))
+    assert shares(World()) == explicit
+    heavy = shares(World(min_objects=2, max_objects=2, caption_mix={"relation": 1.0}))
+    assert heavy["Relation"] > 0.8 * 1500, heavy
+    assert heavy["Count"] == heavy["Negation"] == 0
+    with pytest.raises(ValueError, match="caption_mix"):
+        World(caption_mix={"relations": 1.0})
+    with pytest.raises(ValueError, match="caption_mix"):
+        World(caption_mix={"relation": 0.0})

@@ -367,17 +367,26 @@ class TextRules(NegativeGenerator):
     """Args:
     kinds: which rules may fire (default: all); each negative is labelled `compositional/<kind>`.
     num_per_caption: negatives per caption, each from a different kind (picked at random among those that apply).
+    priority: kinds tried first (in random order among themselves) before the others, e.g. [position,
+        swap_objects] so that every relation caption gets a relational negative instead of one in three.
     """
 
     name = "text_rules"
     version = "1"
 
-    def __init__(self, kinds: list[str] | None = None, num_per_caption: int = 1) -> None:
+    def __init__(
+        self, kinds: list[str] | None = None, num_per_caption: int = 1, priority: list[str] | None = None
+    ) -> None:
         super().__init__()
         self.kinds = list(kinds) if kinds else list(KINDS)
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"text_rules.kinds: unknown {sorted(unknown)}; valid: {sorted(KINDS)}")
+        self.priority = list(priority or [])
+        if set(self.priority) - set(self.kinds):
+            raise ValueError(
+                f"text_rules.priority: {sorted(set(self.priority) - set(self.kinds))} not in kinds {self.kinds}"
+            )
         if num_per_caption < 1:
             raise ValueError(f"text_rules.num_per_caption must be >= 1, got {num_per_caption}")
         self.num_per_caption = num_per_caption
@@ -385,6 +394,8 @@ class TextRules(NegativeGenerator):
     def __call__(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
         kinds = list(self.kinds)
         rng.shuffle(kinds)
+        if self.priority:  # stable sort: priority kinds first, each group keeps its shuffled order
+            kinds.sort(key=lambda k: k not in self.priority)
         out: list[Negative] = []
         for kind in kinds:
             if len(out) == self.num_per_caption:

@@ -27,6 +27,9 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
+DEFAULT_CAPTION_MIX = {"relation": 0.40, "exists": 0.30, "count": 0.15, "negation": 0.15}
+
+
 @dataclass(frozen=True)
 class Obj:
     shape: str
@@ -76,6 +79,9 @@ class World:
         num_heldout_relations: (shape, relation, shape) triples never used in train/val captions.
         duplicate_prob: probability that a scene copies one object's colour+shape (gives counting captions).
         relation_margin: minimum centre offset (canvas fraction) for a spatial relation to hold.
+        caption_mix: probabilities of the training caption kinds {relation, exists, count, negation} (normalised);
+            None = the default mix 0.40 / 0.30 / 0.15 / 0.15. A kind that a scene cannot have (a relation in a
+            one-object scene, a count without duplicates) falls back to the attribute list (`exists`).
     """
 
     seed: int = 0
@@ -85,10 +91,20 @@ class World:
     num_heldout_relations: int = 8
     duplicate_prob: float = 0.25
     relation_margin: float = 0.12
+    caption_mix: dict | None = None
     heldout_pairs: frozenset = field(init=False)
     heldout_relations: frozenset = field(init=False)
 
     def __post_init__(self) -> None:
+        mix = dict(DEFAULT_CAPTION_MIX if self.caption_mix is None else self.caption_mix)
+        unknown = set(mix) - set(DEFAULT_CAPTION_MIX)
+        if unknown or any(float(v) < 0 for v in mix.values()) or sum(float(v) for v in mix.values()) <= 0:
+            raise ValueError(
+                f"world.caption_mix: need non-negative weights over {list(DEFAULT_CAPTION_MIX)} with a positive "
+                f"sum, got {mix}"
+            )
+        total = sum(float(v) for v in mix.values())
+        self.caption_mix = {k: float(mix.get(k, 0.0)) / total for k in DEFAULT_CAPTION_MIX}
         if not 1 <= self.min_objects <= self.max_objects <= 4:
             raise ValueError(
                 f"world: need 1 <= min_objects <= max_objects <= 4, got {self.min_objects}, {self.max_objects}"

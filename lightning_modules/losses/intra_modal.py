@@ -1,0 +1,60 @@
+"""Intra-modal separation of hard negatives from their positive: each tower on its own is pushed to tell a caption
+from its rewrite (e.g. "A left of B" vs "B left of A") and an image from its edit (the objects' positions
+exchanged), without the other tower's help.
+
+Why (README "Relational binding"): the cross-modal hard-negative gradient for a spatial relation is a product of
+the two towers' sensitivities. When both towers start blind to order/layout (cosine ~1 between a caption and its
+swap, and between an image and its re-render), image->[caption, swapped caption] has a symmetric saddle: for the
+mirrored scene the push reverses and the expected gradient cancels. A term that needs only one tower breaks it.
+
+loss = weight · mean over selected negatives of relu(cos(positive_b, negative_n) − margin)
+Local to each rank (a mean over the rank's selected negatives).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lightning_modules.losses.base import LossInputs
+from lightning_modules.losses.hard_negative import select
+
+
+class IntraModalSeparation(nn.Module):
+    """Args:
+    modality: text (captions vs their rewrites) | image (images vs their edits).
+    kinds: negative kind prefixes (None = all of the modality's negatives).
+    margin: cosines below it cost nothing (the term only removes near-identity, it does not demand opposites).
+    weight, name: as every term (logged as `<name>_loss`, `<name>_cos`: mean cosine of the selected pairs).
+    """
+
+    def __init__(
+        self,
+        modality: Literal["text", "image"] = "text",
+        kinds: list[str] | None = None,
+        margin: float = 0.5,
+        weight: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if modality not in ("text", "image"):
+            raise ValueError(f"intra_modal.modality must be text|image, got {modality!r}")
+        if not -1.0 <= margin < 1.0:
+            raise ValueError(f"intra_modal.margin must be in [-1, 1), got {margin}")
+        self.modality, self.kinds, self.margin, self.weight = modality, kinds, margin, weight
+        self.name = name or f"intra_{modality}"
+
+    def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
+        if self.modality == "text":
+            pos, neg, owner, kinds = x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.txt_neg_kind
+        else:
+            pos, neg, owner, kinds = x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
+        keep = select(kinds, self.kinds).to(pos.device) if kinds else None
+        if neg is None or keep is None or not bool(keep.any()):
+            zero = pos.sum() * 0.0
+            return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
+        cos_N = (pos.float()[owner[keep]] * neg.float()[keep]).sum(-1)
+        loss = (cos_N - self.margin).clamp_min(0).mean()
+        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_cos": cos_N.mean().detach()}
