@@ -132,7 +132,10 @@ def test_stage_options(cfg_factory, option):
 def test_loss_options(cfg_factory, option):
     from lightning_modules.losses.base import LossInputs, LossSum
 
-    cfg = cfg_factory(f"loss=[{option}]")
+    extra = []
+    if option == "intra_modal":  # a hinge: make every selected pair cost something on these random features
+        extra = ["loss.intra_text.margin=-1.0", "loss.intra_image.margin=-1.0", "loss.intra_image.kinds=null"]
+    cfg = cfg_factory(f"loss=[{option}]", *extra)
     loss = LossSum({k: instantiate(v) for k, v in cfg.loss.items()})
     g = torch.Generator().manual_seed(0)
     f = lambda n: torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=-1)  # noqa: E731
@@ -214,7 +217,7 @@ def test_benchmark_options(cfg_factory, option):
 @pytest.mark.parametrize("option", options("experiment") + options("debug"))
 def test_experiment_and_debug_options_compose(cfg_factory, option):
     group = "experiment" if option in options("experiment") else "debug"
-    cfg = cfg_factory(f"{group}={option}", tiny=option != "noisy_synthetic")
+    cfg = cfg_factory(f"{group}={option}", tiny=not option.startswith("noisy_"))
     assert OmegaConf.to_container(cfg, resolve=True)
 
 

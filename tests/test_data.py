@@ -152,3 +152,27 @@ def test_pairs_source_csv(tmp_path, pairs_manifest):
 def test_pairs_source_missing_path_fails_fast(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_path: manifest not found: '.*nope.jsonl'"):
         PairsSource(str(tmp_path / "nope.jsonl"))
+
+
+def test_val_negatives_default_to_training_generators_and_can_differ(spec):
+    from datamodules.negatives.text_rules import TextRules
+
+    src = SyntheticWorldSource(World(), num_train=32, num_val=32, num_test=8)
+    kw = dict(
+        batch_size=16, num_workers=0, image_transform=spec.image_transform(), tokenizer=spec.tokenizer()
+    )
+    train_gen, diag = TextRules(kinds=["color"]), TextRules(kinds=["position", "swap_objects"])
+
+    def val_kinds(dm):
+        dm.setup("fit")
+        return {k for b in dm.val_dataloader() for k in b["txt_neg_kind"]}
+
+    same = ClipDataModule(src, negatives={"t": train_gen}, **kw)
+    assert val_kinds(same) == {"compositional/color"}
+    other = ClipDataModule(src, negatives={"t": train_gen}, val_negatives={"d": diag}, **kw)
+    assert val_kinds(other) == {"compositional/position", "compositional/swap_objects"}
+    assert (
+        diag.vocabulary is not None and diag.leak_filter is not None
+    )  # source hints reach val generators too
+    assert val_kinds(ClipDataModule(src, negatives={"t": train_gen}, val_negatives={}, **kw)) == set()
+    assert all(k == "compositional/color" for b in other.train_dataloader() for k in b["txt_neg_kind"])
