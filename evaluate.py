@@ -32,7 +32,7 @@ from datamodules.benchmarks.report import (
     markdown_table,
     write_tables,
 )
-from lightning_modules.model_factory import ModelSpec
+from lightning_modules.model_factory import ModelSpec, checkpoint_model_state
 
 log = logging.getLogger(__name__)
 __all__ = ["evaluate", "load_checkpoint", "markdown_table", "resolve_device", "run_benchmarks"]
@@ -60,8 +60,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelSpec, dict]
     # The checkpoint holds all weights: build at random init, keeping the activation the weights were trained with.
     spec = replace(spec, pretrained=None, quick_gelu=spec.force_quick_gelu)
     model = spec.build()
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(checkpoint_model_state(ckpt), strict=True)
     return model.eval(), spec, run_cfg
 
 

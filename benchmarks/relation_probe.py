@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from datamodules.world import World  # noqa: E402
 from datamodules.world.claims import OPPOSITE, RELATIONS, Relation, holds, relation_claim  # noqa: E402
 from datamodules.world.render import render_scene  # noqa: E402
-from datamodules.world.scene import Scene  # noqa: E402
+from datamodules.world.scene import Scene, swap_attribute  # noqa: E402
 from lightning_modules.clip_module import param_groups  # noqa: E402
 from lightning_modules.model_factory import ModelSpec  # noqa: E402
 
@@ -51,13 +51,11 @@ STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 def swap_positions(scene: Scene, claim: Relation, margin: float) -> Scene | None:
     """The scene with the two named objects' positions exchanged (the caption becomes false), or None."""
-    objs = list(scene.objects)
+    objs = scene.objects
     for i, a in enumerate(objs):
         for j, b in enumerate(objs):
             if i != j and claim.a.matches(a) and claim.b.matches(b):
-                new = list(objs)
-                new[i], new[j] = replace(a, x=b.x, y=b.y), replace(b, x=a.x, y=a.y)
-                s = Scene(tuple(new))
+                s = swap_attribute(swap_attribute(scene, i, j, "x"), i, j, "y")
                 if not holds(claim, s, margin):
                     return s
     return None

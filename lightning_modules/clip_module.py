@@ -34,6 +34,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _add_diag(dst: dict[str, dict[str, torch.Tensor]], src: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Adds per-side, per-kind diagnostic sums of `src` into `dst` (kinds missing from `dst` are copied)."""
+    for side, kinds in src.items():
+        bucket = dst.setdefault(side, {})
+        for kind, v in kinds.items():
+            bucket[kind] = bucket[kind] + v if kind in bucket else v
+
+
 class ClipModule(L.LightningModule):
     """Args:
     model_spec: which open_clip model to build (in `configure_model`, so strategies can wrap it).
@@ -155,9 +163,8 @@ class ClipModule(L.LightningModule):
         for acc_name, cos_name, anchor, pos, neg, owner, kinds in sides:
             if neg is None or owner is None or not len(kinds):
                 continue
-            for kind, v in hardneg_stats(anchor, pos, neg, owner.to(anchor.device), kinds).items():
-                bucket = self._diag[split].setdefault(f"{acc_name}|{cos_name}", {})
-                bucket[kind] = bucket[kind] + v.cpu() if kind in bucket else v.cpu()
+            stats = hardneg_stats(anchor, pos, neg, owner.to(anchor.device), kinds)
+            _add_diag(self._diag[split], {f"{acc_name}|{cos_name}": {k: v.cpu() for k, v in stats.items()}})
 
     def _log_diag(self, split: str) -> None:
         acc = self._diag[split]
@@ -167,10 +174,7 @@ class ClipModule(L.LightningModule):
             torch.distributed.all_gather_object(parts, acc)
             acc = {}
             for part in parts:
-                for side, kinds in part.items():
-                    for kind, v in kinds.items():
-                        bucket = acc.setdefault(side, {})
-                        bucket[kind] = bucket[kind] + v if kind in bucket else v
+                _add_diag(acc, part)
         out: dict[str, float] = {}
         for side, kinds in acc.items():
             acc_name, cos_name = side.split("|")

@@ -109,6 +109,11 @@ class ModelSpec:
         return asdict(self)
 
 
+def checkpoint_model_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The open_clip state dict inside a train.py (Lightning) checkpoint: its `model.*` entries, prefix removed."""
+    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
 def load_init_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Initialises `model` from a train.py checkpoint (`.ckpt`: its `model.*` weights only, read with
     weights_only=True; optimizer state and step are not restored) or an exported open_clip state dict
@@ -127,7 +132,7 @@ def load_init_weights(model: torch.nn.Module, path: str | Path) -> None:
             raise ValueError(
                 f"module.init_from: '{path}' has no 'state_dict'; expected a train.py checkpoint"
             )
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        state = checkpoint_model_state(ckpt)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -214,26 +214,24 @@ def negation_claim(scene: Scene, rng: random.Random, world: World, *, heldout_ok
 def caption_claim(scene: Scene, rng: random.Random, world: World, *, heldout_ok: bool) -> Claim:
     """The training caption of a scene, drawn from `world.caption_mix` (default: relation 40%, attribute list 30%,
     count 15%, negation 15%; one uniform draw against the cumulative mix in that order)."""
-    mix = world.caption_mix
     r = rng.random()
-    edges, acc = {}, 0.0
-    for kind in ("relation", "exists", "count", "negation"):
-        edges[kind] = (acc, acc + mix[kind])
-        acc += mix[kind]
-
-    def drawn(kind: str) -> bool:
-        lo, hi = edges[kind]
-        return lo <= r < hi or (kind == "negation" and r >= hi and hi > lo)
-
-    if drawn("relation") and len(scene.objects) >= 2:
+    # Past the last edge (float rounding of the normalised mix) counts as negation when it has weight.
+    drawn = "negation" if world.caption_mix["negation"] > 0 else "exists"
+    upper = 0.0
+    for kind, w in world.caption_mix.items():  # in the order relation, exists, count, negation
+        upper += w
+        if r < upper:
+            drawn = kind
+            break
+    if drawn == "relation" and len(scene.objects) >= 2:
         c = relation_claim(scene, rng, world, heldout_ok=heldout_ok)
         if c is not None:
             return c
-    if drawn("count"):
+    if drawn == "count":
         c = count_claim(scene, rng)
         if c is not None:
             return c
-    if drawn("negation"):
+    if drawn == "negation":
         return negation_claim(scene, rng, world, heldout_ok=heldout_ok)
     return exists_claim(scene, rng)
 
