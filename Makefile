@@ -31,8 +31,9 @@ evaluate: $(STAMP)
 
 ## Gate scorers for the synthetic world: a tiny ViT and a tiny ResNet CLIP trained on clean synthetic data,
 ## exported to data/scorers/{tiny-vit,tiny-rn}.safetensors (used by conf/gate/synthetic.yaml). They train on scenes
-## disjoint from the raw data they will judge (scene_offset), like a pretrained CLIP that never saw your data.
-SCORER_ARGS = data.source.scene_offset=1000000 trainer.max_steps=400 trainer.val_check_interval=400 data.val_negatives={} evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
+## disjoint from the raw data they will judge (scene_offset), like a pretrained CLIP that never saw your data, with the
+## raw world's object counts and caption mix (conf/raw/noisy_synthetic.yaml), not the relation-dense training default.
+SCORER_ARGS = data.source.scene_offset=1000000 data.source.world.min_objects=1 data.source.world.caption_mix=null trainer.max_steps=400 trainer.val_check_interval=400 data.val_negatives={} evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
 scorers: $(SCORERS)
 
 $(SCORERS) &: | $(STAMP)

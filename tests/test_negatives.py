@@ -15,7 +15,7 @@ from datamodules.negatives.trigram_shuffle import TrigramShuffle
 from datamodules.records import Record
 from datamodules.sources.synthetic import SyntheticWorldSource
 from datamodules.world import World
-from datamodules.world.claims import holds, parse_claim
+from datamodules.world.claims import Relation, holds, parse_claim
 
 COCO = [
     line
@@ -101,6 +101,40 @@ def test_rules_skip_swaps_that_keep_the_meaning():
     assert "A person riding a horse" not in rule_negatives(
         "A man riding a horse", "object"
     )  # hypernym = true
+
+
+def test_swaps_inside_a_list_are_not_negatives():
+    # Reordering the items of a list keeps its meaning: "A, B and C" == "C, B and A".
+    assert rule_negatives("a red cube, a blue ball and a green star", "swap_objects") == []
+    assert rule_negatives(
+        "a large green star, a small green star and a large orange cross", "swap_attributes"
+    ) == [
+        "a large orange star, a small green star and a large green cross",
+        "a large green star, a small orange star and a large green cross",
+        "a large green star, a large green star and a small orange cross",
+    ]
+    assert rule_negatives("a red cube to the left of a blue ball", "swap_objects") == [
+        "a blue ball to the left of a red cube"
+    ]
+
+
+def test_structural_rule_negatives_are_false_in_their_scene():
+    """Judged by the world's own semantics: a swap or relation rewrite of a synthetic caption must not hold in the
+    caption's scene (rules that need no scene knowledge must not emit false negatives)."""
+    world = World(seed=3)
+    src = SyntheticWorldSource(world, num_train=400)
+    gen = TextRules(kinds=["position", "swap_attributes", "swap_objects"], num_per_caption=3)
+    gen.vocabulary, gen.leak_filter = src.vocabulary, src.leaks
+    seen, true = Counter(), []
+    for rec in src.records("train"):
+        for neg in gen(rec, None, random.Random(rec.id)):
+            seen[neg.kind] += 1
+            claim = parse_claim(neg.payload)
+            assert claim is not None, neg.payload
+            if holds(claim, rec.image.scene, world.relation_margin):
+                true.append((rec.caption, neg.payload))
+    assert min(seen.values()) > 50, seen
+    assert true == []
 
 
 def test_inapplicable_kind_is_masked_not_copied():
@@ -211,3 +245,38 @@ def test_text_rules_priority_puts_relational_rewrites_first():
     )
     with pytest.raises(ValueError, match="priority"):
         TextRules(kinds=["color"], priority=["position"])
+
+
+def test_hardneg_experiment_gives_every_relation_caption_both_rewrites_and_their_images(cfg_factory):
+    """experiment=hardneg as a user runs it: relation captions get a position and a swap rewrite, each with the
+    scene re-rendered to match (paired with it); other captions get one lexical rewrite and no image."""
+    from hydra.utils import instantiate
+
+    from lightning_modules.model_factory import ModelSpec
+
+    spec = ModelSpec(name="tiny-vit")
+    cfg = cfg_factory("experiment=hardneg")
+    assert cfg.data.source.world.min_objects == 2
+    dm = instantiate(cfg.data, image_transform=spec.image_transform(), tokenizer=spec.tokenizer())
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    rel, both, other = 0, 0, 0
+    for i in range(80):
+        rec, sample = ds.records[i], ds[i]
+        kinds = sorted(k for _, k in sample["neg_texts"])
+        relational = [k for k in kinds if k.endswith(("/position", "/swap_objects"))]
+        assert len(kinds) - len(relational) <= 1, (rec.caption, kinds)  # at most one lexical rewrite
+        if isinstance(parse_claim(rec.caption), Relation):
+            rel += 1
+            # every image negative is paired with one of this sample's relational text negatives
+            assert all(k.endswith(("/position", "/swap_objects")) for _, k, _ in sample["neg_images"])
+            assert all(sample["neg_texts"][p][1] == k for _, k, p in sample["neg_images"])
+            both += (
+                relational == ["compositional/position", "compositional/swap_objects"]
+                and len(sample["neg_images"]) == 2
+            )
+        else:
+            other += 1
+            assert relational == [] and sample["neg_images"] == [], (rec.caption, kinds)
+    assert rel > 25 and other > 5, (rel, other)
+    assert both >= 0.8 * rel, (both, rel)

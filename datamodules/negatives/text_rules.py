@@ -287,6 +287,17 @@ def negation(words: list[str], vocab: dict | None = None) -> list[str]:
     return []
 
 
+LIST_CONNECTORS = frozenset({"and", "or", ""})  # "" = a bare comma
+
+
+def _list_items(spans: list[tuple[int, int]], words: list[str], x: int, y: int) -> bool:
+    """True when noun phrases x < y are items of one list: between them stand only other noun phrases and list
+    connectors ("and", "or", commas). Swapping two items of a list keeps its meaning (a false negative)."""
+    inside = {i for s, e in spans[x + 1 : y] for i in range(s, e)}
+    between = [words[i] for i in range(spans[x][1], spans[y][0]) if i not in inside]
+    return all(_bare(w) in LIST_CONNECTORS for w in between)
+
+
 def swap_attributes(words: list[str], vocab: dict | None = None) -> list[str]:
     """Exchange two colour (or two size) words that modify different noun phrases."""
     spans = noun_phrases(words)
@@ -302,8 +313,17 @@ def swap_attributes(words: list[str], vocab: dict | None = None) -> list[str]:
                         _swap_word(words[ia], _bare(words[ib])),
                         _swap_word(words[ib], _bare(words[ia])),
                     )
-                    out.append(" ".join(_article_fix(cand)))
+                    cand = _article_fix(cand)
+                    if _list_items(spans, words, min(ka, kb), max(ka, kb)) and _phrase(
+                        cand, spans[ka]
+                    ) == _phrase(words, spans[kb]):
+                        continue  # "a large green star, a small green star": the swap only reorders the list
+                    out.append(" ".join(cand))
     return out
+
+
+def _phrase(words: list[str], span: tuple[int, int]) -> list[str]:
+    return [_bare(w) for w in words[span[0] : span[1]]]
 
 
 def _strip_tail(span: list[str]) -> tuple[list[str], str]:
@@ -323,8 +343,8 @@ def swap_objects(words: list[str], vocab: dict | None = None) -> list[str]:
             a, b = words[s1:e1], words[s2:e2]
             if [_bare(w) for w in a] == [_bare(w) for w in b]:
                 continue
-            if all(_bare(w) in ("and", "") for w in words[e1:s2]):
-                continue  # "a cat and a dog" -> "a dog and a cat" says the same thing: not a negative
+            if _list_items(spans, words, x, y):
+                continue  # "a cat, a cow and a dog" -> "a dog, a cow and a cat" says the same thing: not a negative
             (a, pa), (b, pb) = _strip_tail(a), _strip_tail(b)
             a = [a[0].lower(), *a[1:-1], a[-1] + pb] if len(a) > 1 else [a[0].lower() + pb]
             b = [b[0].lower(), *b[1:-1], b[-1] + pa] if len(b) > 1 else [b[0].lower() + pa]
@@ -372,7 +392,7 @@ class TextRules(NegativeGenerator):
     """
 
     name = "text_rules"
-    version = "1"
+    version = "2"  # 2: list-item swaps (same meaning) are no longer emitted
 
     def __init__(
         self, kinds: list[str] | None = None, num_per_caption: int = 1, priority: list[str] | None = None
