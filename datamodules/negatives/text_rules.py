@@ -287,6 +287,11 @@ def negation(words: list[str], vocab: dict | None = None) -> list[str]:
     return []
 
 
+def _phrase(words: list[str], span: tuple[int, int]) -> list[str]:
+    """The bare words of a noun phrase span (case and punctuation dropped), for comparing phrases."""
+    return [_bare(w) for w in words[span[0] : span[1]]]
+
+
 LIST_CONNECTORS = frozenset({"and", "or", ""})  # "" = a bare comma
 
 
@@ -322,10 +327,6 @@ def swap_attributes(words: list[str], vocab: dict | None = None) -> list[str]:
     return out
 
 
-def _phrase(words: list[str], span: tuple[int, int]) -> list[str]:
-    return [_bare(w) for w in words[span[0] : span[1]]]
-
-
 def _strip_tail(span: list[str]) -> tuple[list[str], str]:
     """Separates trailing punctuation of a phrase (it stays where it was when phrases swap)."""
     m = re.match(r"^(.*?)(\W*)$", span[-1])
@@ -340,11 +341,11 @@ def swap_objects(words: list[str], vocab: dict | None = None) -> list[str]:
     for x in range(len(spans)):
         for y in range(x + 1, len(spans)):
             (s1, e1), (s2, e2) = spans[x], spans[y]
-            a, b = words[s1:e1], words[s2:e2]
-            if [_bare(w) for w in a] == [_bare(w) for w in b]:
+            if _phrase(words, spans[x]) == _phrase(words, spans[y]):
                 continue
             if _list_items(spans, words, x, y):
                 continue  # "a cat, a cow and a dog" -> "a dog, a cow and a cat" says the same thing: not a negative
+            a, b = words[s1:e1], words[s2:e2]
             (a, pa), (b, pb) = _strip_tail(a), _strip_tail(b)
             a = [a[0].lower(), *a[1:-1], a[-1] + pb] if len(a) > 1 else [a[0].lower() + pb]
             b = [b[0].lower(), *b[1:-1], b[-1] + pa] if len(b) > 1 else [b[0].lower() + pa]
