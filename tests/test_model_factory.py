@@ -5,15 +5,15 @@ from safetensors.torch import save_file
 from lightning_modules.model_factory import ModelSpec
 
 
-@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
-def test_tiny_models_build_offline_and_encode(name):
+@pytest.mark.parametrize("name,dim", [("tiny-vit", 128), ("tiny-rn", 128), ("small-vit", 256)])
+def test_tiny_models_build_offline_and_encode(name, dim):
     spec = ModelSpec(name=name)
     model = spec.build().eval()
     x = torch.randn(2, 3, spec.image_size, spec.image_size)
     t = spec.tokenizer()(["a red circle", "two blue squares"])
     with torch.no_grad():
         img, txt = model.encode_image(x), model.encode_text(t)
-    assert img.shape == txt.shape == (2, 128)
+    assert img.shape == txt.shape == (2, dim)
     assert spec.image_transform()  # open_clip preprocessing at the model's size
 
 
