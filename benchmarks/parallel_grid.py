@@ -70,7 +70,9 @@ def main() -> None:
     ap.add_argument("grid", type=Path, help="JSON file: {run name: [override, ...]}")
     ap.add_argument("--out", type=Path, required=True, help="run directories (checkpoints included)")
     ap.add_argument("--results", type=Path, default=None, help="where the small files of each run are copied")
-    ap.add_argument("--timeout", type=float, default=540.0, help="seconds from the grid's start; later runs are killed")
+    ap.add_argument(
+        "--timeout", type=float, default=540.0, help="seconds from the grid's start; later runs are killed"
+    )
     ap.add_argument("--common", nargs="*", default=[], help="overrides for every run")
     ap.add_argument("--only", nargs="*", default=None, help="run only these names")
     args = ap.parse_args()

@@ -10,14 +10,25 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.dataset import ClipDataset, collate
+from datamodules.negatives.base import NegativeGenerator
 from datamodules.sources.base import Source
 
 log = logging.getLogger(__name__)
 
 
-def _generators(negs: dict[str, Any] | Sequence[Any] | None) -> list[Any]:
+def _bound(negs: dict[str, Any] | Sequence[Any] | None, hints: dict[str, Any]) -> list[NegativeGenerator]:
+    """The generators (name -> generator, or a list), bound to the source's hints. A name becomes the generator's
+    key (its RNG stream and counters), so two generators of one class do not share them."""
     negs = negs or {}
-    return [g for g in (negs.values() if isinstance(negs, Mapping) else negs) if g is not None]
+    pairs = list(negs.items()) if isinstance(negs, Mapping) else [(None, g) for g in negs]
+    out = []
+    for name, gen in pairs:
+        if gen is None:
+            continue
+        if not isinstance(gen, NegativeGenerator):
+            raise TypeError(f"negatives.{name}: expected a NegativeGenerator, got {type(gen).__name__}")
+        out.append(gen.bind(key=name, **hints))
+    return out
 
 
 class ClipDataModule(L.LightningDataModule):
@@ -58,11 +69,12 @@ class ClipDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.negatives = _generators(negatives)
-        self.val_negatives = self.negatives if val_negatives is None else _generators(val_negatives)
-        for gen in {id(g): g for g in self.negatives + self.val_negatives}.values():
-            gen.leak_filter = getattr(source, "leaks", None)
-            gen.vocabulary = getattr(source, "vocabulary", None)
+        hints = {
+            "leak_filter": getattr(source, "leaks", None),
+            "vocabulary": getattr(source, "vocabulary", None),
+        }
+        self.negatives = _bound(negatives, hints)
+        self.val_negatives = self.negatives if val_negatives is None else _bound(val_negatives, hints)
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.seed = seed
@@ -96,6 +108,9 @@ class ClipDataModule(L.LightningDataModule):
             )
             log.info("%s split: %d records", split, len(records))
         return self.datasets[split]
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
 
     def fill_caches(self) -> None:
         """Fills the caches of expensive generators ahead of training: each rank its share, then a barrier."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ class ClipDataset(Dataset):
     image_transform: PIL image -> tensor [C, H, W] (the model's preprocessing).
     tokenizer: list[str] -> LongTensor [n, L] (the model's tokenizer).
     negatives: hard-negative generators, each `__call__(record, image, rng) -> list[Negative]`.
-    seed: base seed; each (generator, record) gets an RNG seeded by (seed, generator name, record id).
+    seed: base seed; each (generator, record) gets an RNG seeded by (seed, generator key, record id).
     """
 
     def __init__(
@@ -64,9 +64,7 @@ class ClipDataset(Dataset):
         if self.negatives:
             stats: dict[str, int] = {}
             for gen in self.negatives:
-                # One RNG per (seed, generator, record): negatives do not depend on worker assignment or on
-                # which other generators are on.
-                rng = random.Random(f"{self.seed}-{gen.name}-{rec.id}")
+                rng = gen.rng(self.seed, rec)  # one stream per (seed, generator key, record)
                 offset = len(sample["neg_texts"])
                 for neg in gen(rec, image, rng):
                     if neg.modality == "text":
@@ -80,15 +78,41 @@ class ClipDataset(Dataset):
         return sample
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """The batch contract (ARCHITECTURE §3).
+@dataclass
+class Batch:
+    """The batch contract (ARCHITECTURE §3). Shape legend: B positives, M image negatives, N text negatives,
+    X = B + M images, Y = B + N texts, L context length.
 
-    images [B+M, C, H, W]: B positives, then M image negatives; `img_neg_owner` [M] gives each one's positive.
-    texts  [B+N, L]:       B positives, then N text negatives; `txt_neg_owner` [N], `txt_neg_kind` (N strings).
-    `img_neg_pair` [M]: for I'_C made to match a T'_C, the index of that text negative among the N; -1 otherwise.
-    `num_pos` = B. Samples with fewer negatives simply own fewer columns (owner indices are the validity mask).
-    `gen_stats`: generator counters (cache hits/misses, calls, masked slots) summed over the batch.
+    images_XCHW: B positives, then the M image negatives; `img_neg_owner_M` gives each one's positive.
+    texts_YL:    B positives, then the N text negatives; `txt_neg_owner_N`, `txt_neg_kind_N` (N strings).
+    img_neg_pair_M: for I'_C made to match a T'_C, the index of that text negative among the N; -1 otherwise.
+    Samples with fewer negatives simply own fewer columns (owner indices are the validity mask).
+    gen_stats: generator counters (cache hits/misses, calls, masked slots) summed over the batch.
     """
+
+    images_XCHW: torch.Tensor
+    texts_YL: torch.Tensor
+    img_neg_owner_M: torch.Tensor
+    img_neg_pair_M: torch.Tensor
+    txt_neg_owner_N: torch.Tensor
+    img_neg_kind_M: list[str] = field(default_factory=list)
+    txt_neg_kind_N: list[str] = field(default_factory=list)
+    ids_B: list[str] = field(default_factory=list)
+    image_keys_B: list[str] = field(default_factory=list)
+    gen_stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_pos(self) -> int:
+        """B: the number of positive pairs."""
+        return len(self.ids_B)
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader when pin_memory=True (tensors pinned, the rest shared)."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in _TENSOR_FIELDS})
+
+
+def collate(samples: list[dict[str, Any]]) -> Batch:
+    """Stacks dataset samples into a `Batch`: positives first, then each sample's negatives in sample order."""
     images = [s["image"] for s in samples]
     texts = [s["text"] for s in samples]
     img_owner, img_kind, img_pair, txt_owner, txt_kind = [], [], [], [], []
@@ -106,16 +130,18 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
             txt_kind.append(kind)
         for k, v in s.get("gen_stats", {}).items():
             stats[k] = stats.get(k, 0) + v
-    return {
-        "images": torch.stack(images),
-        "texts": torch.stack(texts),
-        "num_pos": len(samples),
-        "img_neg_owner": torch.tensor(img_owner, dtype=torch.long),
-        "img_neg_kind": img_kind,
-        "img_neg_pair": torch.tensor(img_pair, dtype=torch.long),
-        "txt_neg_owner": torch.tensor(txt_owner, dtype=torch.long),
-        "txt_neg_kind": txt_kind,
-        "ids": [s["id"] for s in samples],
-        "image_keys": [s["image_key"] for s in samples],
-        "gen_stats": stats,
-    }
+    return Batch(
+        images_XCHW=torch.stack(images),
+        texts_YL=torch.stack(texts),
+        img_neg_owner_M=torch.tensor(img_owner, dtype=torch.long),
+        img_neg_pair_M=torch.tensor(img_pair, dtype=torch.long),
+        txt_neg_owner_N=torch.tensor(txt_owner, dtype=torch.long),
+        img_neg_kind_M=img_kind,
+        txt_neg_kind_N=txt_kind,
+        ids_B=[s["id"] for s in samples],
+        image_keys_B=[s["image_key"] for s in samples],
+        gen_stats=stats,
+    )
+
+
+_TENSOR_FIELDS = [f for f in fields(Batch) if f.type in ("torch.Tensor", torch.Tensor)]

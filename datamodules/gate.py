@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from datamodules.benchmarks.base import ClipScorer
+from lightning_modules.inference import ClipScorer
 from lightning_modules.model_factory import ModelSpec
 
 log = logging.getLogger(__name__)

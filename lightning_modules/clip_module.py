@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.dataset import Batch
 from lightning_modules.losses.base import LossInputs
 from lightning_modules.metrics import hardneg_stats, mean_offdiag_cos, retrieval_recall
 from lightning_modules.model_factory import ModelSpec, load_init_weights
@@ -95,20 +96,20 @@ class ClipModule(L.LightningModule):
         txt = F.normalize(self.model.encode_text(texts), dim=-1)
         return img, txt, self.model.logit_scale.exp()
 
-    def loss_inputs(self, batch: dict[str, Any]) -> LossInputs:
-        img, txt, scale = self.encode(batch["images"], batch["texts"])
-        b = batch["num_pos"]
+    def loss_inputs(self, batch: Batch) -> LossInputs:
+        img, txt, scale = self.encode(batch.images_XCHW, batch.texts_YL)
+        b = batch.num_pos
         return LossInputs(
             img_BD=img[:b],
             txt_BD=txt[:b],
             logit_scale=scale,
             img_neg_MD=img[b:],
             txt_neg_ND=txt[b:],
-            img_neg_owner_M=batch["img_neg_owner"],
-            img_neg_pair_M=batch["img_neg_pair"],
-            txt_neg_owner_N=batch["txt_neg_owner"],
-            img_neg_kind=batch["img_neg_kind"],
-            txt_neg_kind=batch["txt_neg_kind"],
+            img_neg_owner_M=batch.img_neg_owner_M,
+            img_neg_pair_M=batch.img_neg_pair_M,
+            txt_neg_owner_N=batch.txt_neg_owner_N,
+            img_neg_kind=batch.img_neg_kind_M,
+            txt_neg_kind=batch.txt_neg_kind_N,
         )
 
     def compute_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -119,17 +120,17 @@ class ClipModule(L.LightningModule):
         return torch.stack(loss_terms).sum(), terms
 
     # -- training ---------------------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x = self.loss_inputs(batch)
         total, terms = self.compute_loss(x)
-        b = batch["num_pos"]
+        b = batch.num_pos
         log = {f"train/{k}": v.detach() for k, v in terms.items()}
         # Generator counters (cache hit/miss, generator calls, masked slots) of this rank's batch.
-        log.update({f"train/gen/{k}": float(v) for k, v in batch.get("gen_stats", {}).items()})
+        log.update({f"train/gen/{k}": float(v) for k, v in batch.gen_stats.items()})
         log["train/loss"] = total.detach()
         log["train/logit_scale"] = x.logit_scale.detach()
-        log["train/num_txt_neg"] = float(batch["texts"].shape[0] - b)
-        log["train/num_img_neg"] = float(batch["images"].shape[0] - b)
+        log["train/num_txt_neg"] = float(batch.texts_YL.shape[0] - b)
+        log["train/num_img_neg"] = float(batch.images_XCHW.shape[0] - b)
         self.log_dict(log, prog_bar=False, batch_size=b)
         self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
         self._accumulate_diag("train", x)
@@ -191,11 +192,11 @@ class ClipModule(L.LightningModule):
         if out:  # identical on every rank after the merge above
             self.log_dict(out, batch_size=1)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._t_last is not None:
             step = max(now - self._t_last, 1e-9)
-            global_batch = batch["num_pos"] * self.trainer.world_size
+            global_batch = batch.num_pos * self.trainer.world_size
             self.log("train/samples_per_second", global_batch / step, batch_size=1)
             if self._t_end is not None:
                 # Time between the end of the previous step and the start of this one: waiting for the loader.
@@ -211,17 +212,17 @@ class ClipModule(L.LightningModule):
         self._t_last = self._t_end = None  # validation time is not training throughput
 
     # -- evaluation -------------------------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+    def _eval_step(self, batch: Batch, split: str) -> None:
         x = self.loss_inputs(batch)
         total, _ = self.compute_loss(x)
-        self.log(f"{split}/loss", total, sync_dist=True, batch_size=batch["num_pos"])
-        self._val_outputs.append((x.img_BD.float(), x.txt_BD.float(), list(batch["image_keys"])))
+        self.log(f"{split}/loss", total, sync_dist=True, batch_size=batch.num_pos)
+        self._val_outputs.append((x.img_BD.float(), x.txt_BD.float(), list(batch.image_keys_B)))
         self._accumulate_diag(split, x)
         self._rand_cos[split].append(
             torch.stack([mean_offdiag_cos(x.txt_BD), mean_offdiag_cos(x.img_BD)]).cpu()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from lightning_modules.inference import load_checkpoint
+
 
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
-    from evaluate import load_checkpoint
-
     model, spec, run_cfg = load_checkpoint(ckpt_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,14 @@ from PIL import Image
 
 from datamodules.benchmarks.aro import AroVG
 from datamodules.benchmarks.aro_order import AroOrder, pre_caption
-from datamodules.benchmarks.base import ClipScorer, MissingData
+from datamodules.benchmarks.base import MissingData
 from datamodules.benchmarks.crepe import Crepe
 from datamodules.benchmarks.retrieval import Retrieval
+from datamodules.benchmarks.runner import run_benchmarks
 from datamodules.benchmarks.sugarcrepe import SUBSETS, SugarCrepe
 from datamodules.benchmarks.winoground import Winoground
 from datamodules.benchmarks.zeroshot import ZeroShot
-from evaluate import run_benchmarks
+from lightning_modules.inference import ClipScorer
 from lightning_modules.model_factory import ModelSpec
 
 RGB = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 230), "yellow": (240, 230, 30)}

@@ -169,9 +169,9 @@ def test_loss_options(cfg_factory, option):
 
 @pytest.mark.parametrize("option", options("negatives"))
 def test_negatives_options(cfg_factory, option, tiny_llm_dir):
-    extra = [f"data.negatives.llm_rewriter.model={tiny_llm_dir}"] if option == "llm_rewriter" else []
+    extra = [f"negatives.llm_rewriter.model={tiny_llm_dir}"] if option == "llm_rewriter" else []
     cfg = cfg_factory(f"negatives=[{option}]", *extra)
-    gens = [instantiate(v) for v in cfg.data.negatives.values()]
+    gens = [instantiate(v) for v in cfg.negatives.values()]
     assert gens and all(callable(g) and g.name for g in gens)
 
 

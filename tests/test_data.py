@@ -29,14 +29,12 @@ def test_synthetic_batches_follow_the_contract(spec):
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["images"].shape == (16, 3, 48, 48)
-    assert batch["texts"].shape == (16, 32) and batch["texts"].dtype == torch.long
-    assert (
-        batch["num_pos"] == 16 and batch["img_neg_owner"].numel() == 0 and batch["txt_neg_owner"].numel() == 0
-    )
+    assert batch.images_XCHW.shape == (16, 3, 48, 48)
+    assert batch.texts_YL.shape == (16, 32) and batch.texts_YL.dtype == torch.long
+    assert batch.num_pos == 16 and batch.img_neg_owner_M.numel() == 0 and batch.txt_neg_owner_N.numel() == 0
     assert len(dm.train_dataloader()) == 4  # drop_last
     val = list(dm.val_dataloader())
-    assert sum(b["num_pos"] for b in val) == 16
+    assert sum(b.num_pos for b in val) == 16
 
 
 class FakeTrainer:
@@ -71,23 +69,23 @@ def test_collate_places_negatives_after_positives():
         }
 
     b = collate([sample(0, 2, 0), sample(1, 0, 1), sample(2, 1, 1)])
-    assert b["num_pos"] == 3
-    assert b["texts"].shape == (6, 5) and b["images"].shape == (5, 3, 4, 4)
-    assert b["txt_neg_owner"].tolist() == [0, 0, 2] and b["img_neg_owner"].tolist() == [1, 2]
-    assert b["texts"][3:, 0].tolist() == [100, 100, 102] and b["images"][3:, 0, 0, 0].tolist() == [
+    assert b.num_pos == 3
+    assert b.texts_YL.shape == (6, 5) and b.images_XCHW.shape == (5, 3, 4, 4)
+    assert b.txt_neg_owner_N.tolist() == [0, 0, 2] and b.img_neg_owner_M.tolist() == [1, 2]
+    assert b.texts_YL[3:, 0].tolist() == [100, 100, 102] and b.images_XCHW[3:, 0, 0, 0].tolist() == [
         101.0,
         102.0,
     ]
-    assert b["txt_neg_kind"] == ["compositional/color"] * 3
+    assert b.txt_neg_kind_N == ["compositional/color"] * 3
     # sample 2's image negative pairs with its own first text negative, which is text negative #2 of the batch
-    assert b["img_neg_pair"].tolist() == [-1, 2]
+    assert b.img_neg_pair_M.tolist() == [-1, 2]
 
 
 def test_dataset_applies_negative_generators(spec):
     class Upper(NegativeGenerator):
         name = "upper"
 
-        def __call__(self, record, image, rng):
+        def generate(self, record, image, rng):
             self.stats["calls"] += 1
             return [
                 Negative("text", "test/upper", record.caption.upper() + f" {rng.randint(0, 9)}", "upper", "1")
@@ -115,7 +113,7 @@ def test_pairs_source_jsonl(pairs_manifest, spec):
         src, batch_size=4, num_workers=0, image_transform=spec.image_transform(), tokenizer=spec.tokenizer()
     )
     dm.setup("fit")
-    assert next(iter(dm.train_dataloader()))["images"].shape == (4, 3, 48, 48)
+    assert next(iter(dm.train_dataloader())).images_XCHW.shape == (4, 3, 48, 48)
 
 
 def test_pairs_source_counts_bad_rows(tmp_path, pairs_manifest):
@@ -165,7 +163,7 @@ def test_val_negatives_default_to_training_generators_and_can_differ(spec):
 
     def val_kinds(dm):
         dm.setup("fit")
-        return {k for b in dm.val_dataloader() for k in b["txt_neg_kind"]}
+        return {k for b in dm.val_dataloader() for k in b.txt_neg_kind_N}
 
     same = ClipDataModule(src, negatives={"t": train_gen}, **kw)
     assert val_kinds(same) == {"compositional/color"}
@@ -175,4 +173,4 @@ def test_val_negatives_default_to_training_generators_and_can_differ(spec):
         diag.vocabulary is not None and diag.leak_filter is not None
     )  # source hints reach val generators too
     assert val_kinds(ClipDataModule(src, negatives={"t": train_gen}, val_negatives={}, **kw)) == set()
-    assert all(k == "compositional/color" for b in other.train_dataloader() for k in b["txt_neg_kind"])
+    assert all(k == "compositional/color" for b in other.train_dataloader() for k in b.txt_neg_kind_N)

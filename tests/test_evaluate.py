@@ -6,10 +6,10 @@ import open_clip
 import pytest
 import torch
 
-from datamodules.benchmarks.base import ClipScorer
 from datamodules.benchmarks.synthetic import SyntheticBenchmark
-from evaluate import evaluate, load_checkpoint
+from evaluate import evaluate
 from lightning_modules.export import export_checkpoint
+from lightning_modules.inference import ClipScorer, load_checkpoint
 from tests.conftest import TINY, make_cfg
 from train import train
 

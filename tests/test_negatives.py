@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from datamodules.negatives.base import NegativeGenerator
 from datamodules.negatives.editors.renderer import RendererEditor
 from datamodules.negatives.image_edit import ImageEdit
 from datamodules.negatives.patch_shuffle import PatchShuffle, patch_shuffle
 from datamodules.negatives.text_rules import KINDS, TextRules, rule_negatives
 from datamodules.negatives.trigram_shuffle import TrigramShuffle
-from datamodules.records import Record
+from datamodules.records import Negative, Record
 from datamodules.sources.synthetic import SyntheticWorldSource
 from datamodules.world import World
 from datamodules.world.claims import Relation, holds, parse_claim
@@ -250,14 +251,13 @@ def test_text_rules_priority_puts_relational_rewrites_first():
 def test_hardneg_experiment_gives_every_relation_caption_both_rewrites_and_their_images(cfg_factory):
     """experiment=hardneg as a user runs it: relation captions get a position and a swap rewrite, each with the
     scene re-rendered to match (paired with it); other captions get one lexical rewrite and no image."""
-    from hydra.utils import instantiate
-
     from lightning_modules.model_factory import ModelSpec
+    from lightning_modules.training import build_datamodule
 
     spec = ModelSpec(name="tiny-vit")
     cfg = cfg_factory("experiment=hardneg")
     assert cfg.data.source.world.min_objects == 2
-    dm = instantiate(cfg.data, image_transform=spec.image_transform(), tokenizer=spec.tokenizer())
+    dm = build_datamodule(cfg, spec)
     dm.setup("fit")
     ds = dm.datasets["train"]
     rel, both, other = 0, 0, 0
@@ -280,3 +280,65 @@ def test_hardneg_experiment_gives_every_relation_caption_both_rewrites_and_their
             assert relational == [] and sample["neg_images"] == [], (rec.caption, kinds)
     assert rel > 25 and other > 5, (rel, other)
     assert both >= 0.8 * rel, (both, rel)
+
+
+class _Careless(NegativeGenerator):
+    """A generator written without any leak or positive handling: returns whatever it is told to."""
+
+    name = "careless"
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.outputs = outputs
+
+    def generate(self, record, image, rng):
+        return [o(record, image) if callable(o) else o for o in self.outputs]
+
+
+def test_a_generator_without_leak_handling_cannot_emit_a_heldout_composition():
+    src = SyntheticWorldSource(World(), num_train=50, num_val=0, num_test=0)
+    rec = src.records("train")[0]
+    colour, shape = sorted(src.world.heldout_pairs)[0]
+    leak = f"a {colour} {shape}"
+    assert src.leaks(leak)
+    gen = _Careless(
+        [
+            lambda r, im: Negative("text", "t/x", leak, "careless", "1"),
+            lambda r, im: Negative("text", "t/x", "a purple nothing", "careless", "1"),
+        ]
+    )
+    gen.bind(key="careless", leak_filter=src.leaks, vocabulary=src.vocabulary)
+    out = gen(rec, Image.new("RGB", (8, 8)), random.Random(0))
+    assert [n.payload for n in out] == ["a purple nothing"]
+    assert gen.pop_stats() == {"careless/rejected_heldout": 1}
+
+
+def test_the_positive_is_never_returned_and_pairs_follow_their_caption():
+    rec = Record(id="r", image=None, caption="A red  cube left of a ball")
+    image = Image.new("RGB", (8, 8), (10, 20, 30))
+    other = Image.new("RGB", (8, 8), (200, 20, 30))
+    gen = _Careless(
+        [
+            Negative("text", "t/a", "a red cube left of a BALL", "careless", "1"),  # the positive, re-spaced
+            Negative("text", "t/b", "a blue cube left of a ball", "careless", "1"),
+            Negative("image", "t/a", other, "careless", "1", pair=0),  # paired with the dropped caption
+            Negative("image", "t/b", other, "careless", "1", pair=1),
+            Negative("image", "t/c", image.copy(), "careless", "1"),  # pixel-identical to the positive
+        ]
+    )
+    out = gen(rec, image, random.Random(0))
+    assert [(n.modality, n.kind, n.pair) for n in out] == [("text", "t/b", None), ("image", "t/b", 0)]
+    assert gen.pop_stats() == {"careless/rejected_positive": 2, "careless/masked": 1}
+
+
+def test_generators_of_one_class_get_their_own_rng_stream_and_counters():
+    from datamodules.negatives.base import sample_rng
+
+    a, b = TextRules(kinds=["color"]), TextRules(kinds=["color"])
+    a.bind(key="text_rules"), b.bind(key="swap_rules")
+    rec = Record(id="r1", image=None, caption="a red cube")
+    assert a.rng(0, rec).random() == sample_rng(0, "text_rules", "r1").random()
+    assert a.rng(0, rec).random() != b.rng(0, rec).random()
+    b.stats["calls"] += 1
+    assert b.pop_stats() == {"swap_rules/calls": 1}
+    assert TextRules().run_name == "text_rules"  # unbound: the class name, as before

@@ -12,7 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_headline_means_the_six_swap_replace_categories_and_averages_r1():
-    cats = ["replace_color", "replace_shape", "replace_size", "replace_relation", "swap_attributes", "swap_objects"]
+    cats = [
+        "replace_color",
+        "replace_shape",
+        "replace_size",
+        "replace_relation",
+        "swap_attributes",
+        "swap_objects",
+    ]
     metrics = {f"eval/synthetic/{c}/acc": float(10 * i) for i, c in enumerate(cats)}
     metrics |= {"eval/synthetic/count/acc": 70.0, "val/i2t_r1": 20.0, "val/t2i_r1": 30.0}
     out = headline(metrics)
@@ -32,7 +39,9 @@ def test_copy_small_skips_checkpoints(tmp_path):
     (src / "csv").mkdir()
     (src / "csv" / "metrics.csv").write_text("step\n")
     copy_small(src, tmp_path / "out")
-    kept = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    kept = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()
+    )
     assert kept == ["csv/metrics.csv", "metrics.json"]
 
 
@@ -40,7 +49,10 @@ def test_bad_grid_and_unknown_names_fail_with_the_file_named(tmp_path):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"a": "experiment=hardneg"}))  # a string, not a list of overrides
     run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, str(ROOT / "benchmarks" / "parallel_grid.py"), *a], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, str(ROOT / "benchmarks" / "parallel_grid.py"), *a],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     res = run(str(grid), "--out", str(tmp_path / "o"))
     assert res.returncode != 0 and "grid.json" in res.stderr and "list of overrides" in res.stderr

@@ -151,12 +151,14 @@ def test_train_on_preprocessed_noisy_world(cfg_factory, tmp_path):
 
 
 def test_config_mistakes_fail_fast(cfg_factory, tmp_path):
-    from train import maybe_preprocess
+    from lightning_modules.model_factory import ModelSpec
+    from lightning_modules.training import build_datamodule
 
+    spec = ModelSpec(name="tiny-vit")
     with pytest.raises(ValueError, match="data=preprocessed needs a raw source"):
-        maybe_preprocess(cfg_factory("data=preprocessed", tiny=False))
+        build_datamodule(cfg_factory("data=preprocessed", tiny=False), spec)
     with pytest.raises(ValueError, match="add data=preprocessed"):
-        maybe_preprocess(cfg_factory("raw=noisy_synthetic", tiny=False))
+        build_datamodule(cfg_factory("raw=noisy_synthetic", tiny=False), spec)
 
 
 def test_cli_missing_raw_path_names_the_key(tmp_path):

@@ -191,10 +191,10 @@ def test_two_epochs_second_makes_no_generator_calls(cfg_factory, tiny_llm_dir, t
 
     cfg = cfg_factory(
         "negatives=[llm_rewriter]",
-        f"data.negatives.llm_rewriter.model={tiny_llm_dir}",
-        "data.negatives.llm_rewriter.fill=online",
-        "data.negatives.llm_rewriter.max_new_tokens=4",
-        f"data.negatives.llm_rewriter.cache_dir={tmp_path / 'cache'}",
+        f"negatives.llm_rewriter.model={tiny_llm_dir}",
+        "negatives.llm_rewriter.fill=online",
+        "negatives.llm_rewriter.max_new_tokens=4",
+        f"negatives.llm_rewriter.cache_dir={tmp_path / 'cache'}",
         "data.source.num_train=64",
         "data.batch_size=32",
         "trainer.max_steps=4",

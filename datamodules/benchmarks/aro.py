@@ -18,14 +18,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from datamodules.benchmarks.base import (
-    Benchmark,
-    BenchmarkResult,
-    ClipScorer,
-    option_scores,
-    require,
-    thumbnail,
-)
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult, option_scores, require, thumbnail
+from lightning_modules.inference import ClipScorer
 
 HOW = "annotation JSONs and vgr_vga_images.zip from github.com/mertyg/vision-language-models-are-bows (dataset_zoo)"
 FILES = {"relation": "visual_genome_relation.json", "attribution": "visual_genome_attribution.json"}

@@ -1,4 +1,5 @@
-"""Benchmark interface and the scorer every benchmark uses (model + preprocessing + tokenizer)."""
+"""Benchmark interface, its result type, the missing-data error and helpers shared by the benchmarks. The scorer
+they use lives with the model: `lightning_modules.inference.ClipScorer`."""
 
 from __future__ import annotations
 
@@ -9,53 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-
-class ClipScorer:
-    """Encodes PIL images and captions into L2-normalised features with an open_clip model (eval mode)."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        image_transform: Callable,
-        tokenizer: Callable,
-        *,
-        device: str | torch.device = "cpu",
-        batch_size: int = 256,
-    ) -> None:
-        self.model = model
-        self.image_transform = image_transform
-        self.tokenizer = tokenizer
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        out = []
-        for s in range(0, len(images), self.batch_size):
-            x = torch.stack([self.image_transform(im) for im in images[s : s + self.batch_size]]).to(
-                self.device
-            )
-            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0)
-
-    @torch.no_grad()
-    def encode_lazy(self, refs: Sequence[Any], load: Callable[[Any], Image.Image]) -> torch.Tensor:
-        """Encodes images loaded batch by batch (`load(ref) -> PIL`), so memory holds one batch of pixels."""
-        out = []
-        for s in range(0, len(refs), self.batch_size):
-            out.append(self.encode_images([load(r) for r in refs[s : s + self.batch_size]]))
-        return torch.cat(out) if out else torch.empty(0)
-
-    @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        out = []
-        for s in range(0, len(texts), self.batch_size):
-            t = self.tokenizer(list(texts[s : s + self.batch_size])).to(self.device)
-            out.append(F.normalize(self.model.encode_text(t).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0)
+from lightning_modules.inference import ClipScorer
 
 
 @dataclass

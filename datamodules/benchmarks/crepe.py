@@ -21,12 +21,12 @@ from PIL import Image
 from datamodules.benchmarks.base import (
     Benchmark,
     BenchmarkResult,
-    ClipScorer,
     MissingData,
     option_scores,
     require,
     thumbnail,
 )
+from lightning_modules.inference import ClipScorer
 
 HOW = "CSVs from github.com/RAIVNLab/CREPE (data/), Visual Genome images (VG_100K, VG_100K_2)"
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, require
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult, require
 from datamodules.records import load_image
+from lightning_modules.inference import ClipScorer
 from lightning_modules.metrics import retrieval_recall
 
 HOW = (

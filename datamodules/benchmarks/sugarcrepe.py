@@ -13,15 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datamodules.benchmarks.base import (
-    Benchmark,
-    BenchmarkResult,
-    ClipScorer,
-    option_scores,
-    require,
-    thumbnail,
-)
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult, option_scores, require, thumbnail
 from datamodules.records import load_image
+from lightning_modules.inference import ClipScorer
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 HOW = (

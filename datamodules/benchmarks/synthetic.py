@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult
 from datamodules.sources.synthetic import SyntheticWorldSource
 from datamodules.world.claims import (
     CATEGORIES,
@@ -28,6 +28,7 @@ from datamodules.world.claims import (
 )
 from datamodules.world.render import render_scene
 from datamodules.world.scene import Scene, World, swap_attribute
+from lightning_modules.inference import ClipScorer
 
 WINOGROUND_KINDS = ("swap_attributes", "swap_objects")
 

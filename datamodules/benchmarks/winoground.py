@@ -16,18 +16,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from datamodules.benchmarks.base import (
-    Benchmark,
-    BenchmarkResult,
-    ClipScorer,
-    MissingData,
-    require,
-    thumbnail,
-)
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult, MissingData, require, thumbnail
+from lightning_modules.inference import ClipScorer
 
 HOW = (
     "the gated dataset facebook/winoground (accept its terms on the HF hub, download once, keep a local copy)"
 )
+
 LAYOUT = "<root>/examples.jsonl + <root>/images/<image_id>.png, or a datasets.save_to_disk folder"
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, ClipScorer, require
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult, require
 from datamodules.records import load_image
+from lightning_modules.inference import ClipScorer
 
 TEMPLATES = [
     "a photo of a {}.",

@@ -70,11 +70,11 @@ class ImageEdit(NegativeGenerator):
         self.cache = DiskCache(cache_dir, "image_edit") if cache_dir else None
         self.seed = seed
 
-    # Propagate source hints to the inner text generator.
-    def __setattr__(self, key, value):
-        super().__setattr__(key, value)
-        if key in ("leak_filter", "vocabulary") and "text_gen" in self.__dict__:
-            setattr(self.text_gen, key, value)
+    def bind(self, *, key=None, leak_filter=None, vocabulary=None) -> ImageEdit:
+        """Also binds the inner text generator (same hints; it keeps its own key for its counters)."""
+        super().bind(key=key, leak_filter=leak_filter, vocabulary=vocabulary)
+        self.text_gen.bind(leak_filter=leak_filter, vocabulary=vocabulary)
+        return self
 
     def key(self, image: Image.Image, source: str, target: str) -> str:
         return cache_key(
@@ -104,7 +104,7 @@ class ImageEdit(NegativeGenerator):
         self.cache.put(key, b"" if edited is None else _png(edited))  # failures are cached too
         return edited
 
-    def __call__(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
+    def generate(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
         texts = self.text_gen(record, image, rng)[: self.num_per_sample]
         for k, v in self.text_gen.pop_stats().items():
             self.stats[k.replace("/", ".")] += v
@@ -128,7 +128,7 @@ class ImageEdit(NegativeGenerator):
             return {}
         made = skipped = 0
         for rec in records:
-            rng = random.Random(f"{seed}-{self.name}-{rec.id}")
+            rng = self.rng(seed, rec)
             image = load_image(rec.image)
             for t in self.text_gen(rec, image, rng)[: self.num_per_sample]:
                 key = self.key(image, rec.caption, t.payload)

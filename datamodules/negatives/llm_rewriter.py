@@ -166,7 +166,7 @@ class LLMRewriter(NegativeGenerator):
         return text
 
     @torch.no_grad()
-    def generate(self, prompts: list[str]) -> list[str]:
+    def complete(self, prompts: list[str]) -> list[str]:
         model, tok = self._load()
         enc = tok(prompts, return_tensors="pt", padding=True).to(self.device)
         sample = self.decoding["temperature"] > 0
@@ -199,7 +199,7 @@ class LLMRewriter(NegativeGenerator):
         rng.shuffle(kinds)
         return kinds[: self.num_per_caption]
 
-    def __call__(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
+    def generate(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
         out: list[Negative] = []
         for kind in self._choose_kinds(rng):
             key = self.key(record.caption, kind)
@@ -209,13 +209,16 @@ class LLMRewriter(NegativeGenerator):
                 if self.fill_policy != "online":
                     self.stats["masked"] += 1
                     continue
-                raw = self.generate([self.prompt(record.caption, kind)])[0]
+                raw = self.complete([self.prompt(record.caption, kind)])[0]
                 self.cache.put_json(key, raw)
             else:
                 self.stats["cache_hit"] += 1
             neg, reason = validate(record.caption, raw, kind)
-            if neg is None or self.leaks(neg):
+            if neg is None:
                 self.stats[f"rejected_{reason}"] += 1
+                self.stats["masked"] += 1
+                continue
+            if self.leaks(neg):  # counted as rejected_heldout
                 self.stats["masked"] += 1
                 continue
             out.append(self.text(f"compositional/{kind}", neg))
@@ -227,7 +230,7 @@ class LLMRewriter(NegativeGenerator):
         """Generates the missing outputs this rank owns, in batches; same kind choice as training."""
         todo: list[tuple[str, str, str]] = []
         for rec in records:
-            rng = random.Random(f"{seed}-{self.name}-{rec.id}")
+            rng = self.rng(seed, rec)
             for kind in self._choose_kinds(rng):
                 key = self.key(rec.caption, kind)
                 if owns(key, rank, world_size) and key not in self.cache:
@@ -235,7 +238,7 @@ class LLMRewriter(NegativeGenerator):
         todo = list({k: (k, c, kd) for k, c, kd in todo}.values())
         for s in range(0, len(todo), self.batch_size):
             chunk = todo[s : s + self.batch_size]
-            outs = self.generate([self.prompt(c, kd) for _, c, kd in chunk])
+            outs = self.complete([self.prompt(c, kd) for _, c, kd in chunk])
             for (key, _, _), raw in zip(chunk, outs):
                 self.cache.put_json(key, raw)
         log.info("llm_rewriter fill (rank %d/%d): %d captions rewritten", rank, world_size, len(todo))

@@ -50,7 +50,7 @@ class PatchShuffle(NegativeGenerator):
         self.grid = grid
         self.num_per_image = num_per_image
 
-    def __call__(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
+    def generate(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
         out: list[Negative] = []
         original = image.tobytes()
         for _ in range(self.num_per_image):

@@ -412,7 +412,7 @@ class TextRules(NegativeGenerator):
             raise ValueError(f"text_rules.num_per_caption must be >= 1, got {num_per_caption}")
         self.num_per_caption = num_per_caption
 
-    def __call__(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
+    def generate(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
         kinds = list(self.kinds)
         rng.shuffle(kinds)
         if self.priority:  # stable sort: priority kinds first, each group keeps its shuffled order

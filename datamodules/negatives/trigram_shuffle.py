@@ -43,7 +43,7 @@ class TrigramShuffle(NegativeGenerator):
         self.num_per_caption = num_per_caption
         self.n = n
 
-    def __call__(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
+    def generate(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
         out: list[Negative] = []
         seen = {record.caption}
         for _ in range(self.num_per_caption):

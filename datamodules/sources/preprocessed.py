@@ -1,6 +1,7 @@
 """The clean manifests written by preprocessing, as a training source (`data=preprocessed`).
 
-train.py builds or refreshes the manifests first (`datamodules.preprocess.run.ensure_clean`); this source then reads
+`prepare()` (called by the DataModule's `prepare_data`) builds or refreshes the manifests
+(`datamodules.preprocess.run.ensure_clean`); this source then reads
 `<clean_dir>/<split>.jsonl` for the preprocessed splits and takes the remaining splits (e.g. the synthetic world's
 clean test split) from the raw source itself. Vocabulary and held-out-leak hints of the raw source are passed on.
 """
@@ -18,7 +19,10 @@ from datamodules.sources.pairs import PairsSource
 
 
 class PreprocessedSource(Source):
-    """Args:
+    """The raw source is built from `preprocess.raw` on first use (for the splits preprocessing leaves alone and
+    for its vocabulary / held-out hints).
+
+    Args:
     preprocess: the preprocessing config (`${preprocess}`; not instantiated by Hydra — `_recursive_: false`).
     val_fraction: when `val` is not a preprocessed split, the share of clean train images held out as val.
     """
@@ -37,6 +41,13 @@ class PreprocessedSource(Source):
         self.splits = list(preprocess.splits)
         self.val_fraction = val_fraction
 
+    reads_preprocessed = True
+
+    def prepare(self) -> None:
+        from datamodules.preprocess.run import ensure_clean
+
+        ensure_clean(self.cfg)
+
     @cached_property
     def raw(self) -> Source:
         return instantiate(self.cfg.raw)
@@ -45,7 +56,7 @@ class PreprocessedSource(Source):
     def pairs(self) -> PairsSource:
         if not (self.dir / "DONE").is_file():
             raise FileNotFoundError(
-                f"data.source: clean manifest not found or incomplete at '{self.dir}' — train.py builds it; "
+                f"data.source: clean manifest not found or incomplete at '{self.dir}' — train.py builds it (prepare); "
                 "or run `python -m datamodules.preprocess` with the same raw/gate/stages overrides"
             )
         path = {s: str(self.dir / f"{s}.jsonl") if s in self.splits else None for s in SPLITS}

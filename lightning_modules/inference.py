@@ -1,0 +1,114 @@
+"""Model-side inference shared by training, evaluation, the preprocessing gate and export: the scorer every
+benchmark and the gate use (model + preprocessing + tokenizer), checkpoint loading and device choice.
+
+    model, spec, run_cfg = load_checkpoint("logs/train/runs/<run>/checkpoints/last.ckpt")
+    scorer = ClipScorer(model, spec.image_transform(), spec.tokenizer(), device=resolve_device("auto"))
+    img, txt = scorer.encode_images(images), scorer.encode_texts(captions)     # L2-normalised features
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lightning_modules.model_factory import ModelSpec, checkpoint_model_state
+
+
+class ClipScorer:
+    """Encodes PIL images and captions into L2-normalised features with an open_clip model (eval mode)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image_transform: Callable,
+        tokenizer: Callable,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+    ) -> None:
+        self.model = model
+        self.image_transform = image_transform
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            x = torch.stack([self.image_transform(im) for im in images[s : s + self.batch_size]]).to(
+                self.device
+            )
+            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    @torch.no_grad()
+    def encode_lazy(self, refs: Sequence[Any], load: Callable[[Any], Image.Image]) -> torch.Tensor:
+        """Encodes images loaded batch by batch (`load(ref) -> PIL`), so memory holds one batch of pixels."""
+        out = []
+        for s in range(0, len(refs), self.batch_size):
+            out.append(self.encode_images([load(r) for r in refs[s : s + self.batch_size]]))
+        return torch.cat(out) if out else torch.empty(0)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            t = self.tokenizer(list(texts[s : s + self.batch_size])).to(self.device)
+            out.append(F.normalize(self.model.encode_text(t).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device: expected auto, cpu or cuda[:N], got {device!r}")
+    return torch.device(device)
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelSpec, dict]:
+    """Rebuilds the open_clip model of a train.py checkpoint. Returns (model in eval mode, spec, run config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: checkpoint not found: '{path}'")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    run_cfg = (ckpt.get("hyper_parameters") or {}).get("run_config")
+    if not run_cfg or "model" not in run_cfg:
+        raise ValueError(f"ckpt_path: '{path}' has no saved run config; was it written by train.py?")
+    # Built directly, not through `instantiate`: a checkpoint's config is data, and `_target_` would be code.
+    spec = ModelSpec(**{k: v for k, v in run_cfg["model"].items() if not k.startswith("_")})
+    # The checkpoint holds all weights: build at random init, keeping the activation the weights were trained with.
+    spec = replace(spec, pretrained=None, quick_gelu=spec.force_quick_gelu)
+    model = spec.build()
+    model.load_state_dict(checkpoint_model_state(ckpt), strict=True)
+    return model.eval(), spec, run_cfg
+
+
+def load_models(
+    ckpt_paths: Sequence[str | Path], open_clip_cfg: dict | None = None
+) -> dict[str, tuple[torch.nn.Module, ModelSpec, dict]]:
+    """label -> (model, spec, run config) for train.py checkpoints and/or one open_clip architecture + weights
+    (`{"name", "pretrained", "quick_gelu"}`). A checkpoint's label is its run folder name."""
+    out: dict[str, tuple] = {}
+    for p in ckpt_paths:
+        label = Path(p).parent.parent.name if Path(p).parent.name == "checkpoints" else Path(p).stem
+        while label in out:
+            label += "'"
+        out[label] = load_checkpoint(p)
+    oc = open_clip_cfg or {}
+    if oc.get("name"):
+        spec = ModelSpec(
+            name=oc["name"], pretrained=oc.get("pretrained"), quick_gelu=oc.get("quick_gelu", "auto")
+        )
+        out[f"{oc['name']}:{Path(str(oc.get('pretrained'))).name}"] = (spec.build().eval(), spec, {})
+    if not out:
+        raise ValueError("nothing to evaluate: set ckpt_path=<file or list> or open_clip.name=<architecture>")
+    return out

@@ -1,0 +1,122 @@
+"""One training run from a composed config: data (preprocessing first when `data=preprocessed`), hard-negative
+generators, model, losses, trainer; fit, test, then the configured benchmarks on the final weights. `train.py` is
+the Hydra entry point around `run_training`.
+
+Run directory: `.hydra/config.yaml` (resolved), `checkpoints/last.ckpt` (+ best), `metrics.json` (flat
+`split/name` keys), `eval/results.{json,csv,md}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.benchmarks.runner import instantiate_benchmarks, markdown_table, run_benchmarks
+from datamodules.datamodule import ClipDataModule
+from lightning_modules.clip_module import ClipModule
+from lightning_modules.inference import ClipScorer, resolve_device
+from lightning_modules.losses.base import LossSum
+from lightning_modules.model_factory import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def _group(node: Any) -> dict[str, Any]:
+    """A multi-select group (`loss`, `negatives`) instantiated: name -> object, null entries dropped."""
+    return {name: instantiate(v) for name, v in (node or {}).items() if v is not None}
+
+
+def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> ClipDataModule:
+    """The DataModule of `cfg.data` with the model's transform and tokenizer and the generators of the top-level
+    `negatives` group. With `data=preprocessed` the clean manifests are built (or reused) in `prepare_data`."""
+    if "negatives" in cfg.data:
+        raise ValueError(
+            "data.negatives: hard-negative generators are selected by the top-level `negatives` group "
+            "(negatives=[text_rules,...], overrides as negatives.<name>.<key>=...); a negatives YAML must not "
+            "declare `# @package data.negatives`"
+        )
+    source_cls = get_class(cfg.data.source._target_)
+    raw = (cfg.get("preprocess") or {}).get("raw")
+    reads_preprocessed = getattr(source_cls, "reads_preprocessed", False)
+    if reads_preprocessed and raw is None:
+        raise ValueError(
+            "preprocess.raw: data=preprocessed needs a raw source, e.g. raw=noisy_synthetic or raw=pairs "
+            "preprocess.raw.train_path=/data/raw.jsonl"
+        )
+    if raw is not None and not reads_preprocessed:
+        raise ValueError(
+            "preprocess.raw is set but data.source does not read preprocessed manifests; add data=preprocessed "
+            "(or remove raw=...)"
+        )
+    return instantiate(
+        cfg.data,
+        image_transform=spec.image_transform(train=False),
+        tokenizer=spec.tokenizer(),
+        negatives=_group(cfg.get("negatives")),
+    )
+
+
+def run_training(cfg: DictConfig) -> dict[str, float]:
+    """Fits, tests and evaluates one run; returns the final metrics (flat keys)."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    (out_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(OmegaConf.create(run_cfg), out_dir / ".hydra" / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True)
+
+    spec = instantiate(cfg.model)
+    datamodule = build_datamodule(cfg, spec)
+    module = ClipModule(
+        spec,
+        LossSum(_group(cfg.get("loss"))),
+        instantiate(cfg.optimizer),
+        instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        run_config=run_cfg,
+        **cfg.module,
+    )
+    loggers = list(_group(cfg.get("logger")).values())
+    callbacks = list(_group(cfg.get("callbacks")).values())
+    if not loggers:  # LearningRateMonitor refuses to run without a logger: drop it rather than fail
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for lg in loggers:
+        lg.log_hyperparams(run_cfg)
+
+    trainer.fit(module, datamodule=datamodule)
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=False)  # final weights (+ optimizer state)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if cfg.run_test:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+
+    if cfg.evaluate_after and trainer.is_global_zero:
+        device = resolve_device(cfg.eval_device)
+        model = module.model.to(device).eval()
+        scorer = ClipScorer(
+            model, spec.image_transform(), spec.tokenizer(), device=device, batch_size=cfg.eval_batch_size
+        )
+        report = run_benchmarks(
+            scorer,
+            instantiate_benchmarks(cfg.get("benchmark")),
+            out_dir / "eval",
+            context={"run_config": run_cfg},
+        )
+        metrics.update({f"eval/{k}": v for k, v in report["results"].items()})
+        print(markdown_table(report["results"], report["chance"], report["counts"]))
+        for lg in loggers:
+            lg.log_metrics({f"eval/{k}": v for k, v in report["results"].items()}, step=trainer.global_step)
+
+    if trainer.is_global_zero:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        keys = ("val/r_mean", "val/i2t_r1", "val/t2i_r1", "test/i2t_r1", "test/t2i_r1")
+        print("final: " + ", ".join(f"{k}={metrics[k]:.2f}" for k in keys if k in metrics))
+        print(f"run dir: {out_dir}")
+    return metrics
