@@ -10,7 +10,7 @@ tiny architectures shipped in `model_configs/` (tiny-vit, tiny-rn) for CPU runs 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +104,6 @@ class ModelSpec:
         mean = pp.get("mean") or open_clip.OPENAI_DATASET_MEAN
         std = pp.get("std") or open_clip.OPENAI_DATASET_STD
         return open_clip.image_transform(self.image_size, is_train=train, mean=mean, std=std)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def checkpoint_model_state(ckpt: dict) -> dict[str, torch.Tensor]:

@@ -62,6 +62,16 @@ def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> ClipDataModule:
     )
 
 
+def eval_context(run_cfg: dict, source: Any) -> dict[str, Any]:
+    """What benchmarks may use besides the scorer: the run config and the synthetic world (and image size) the run
+    trained on, taken from its data source (None for real data)."""
+    return {
+        "run_config": run_cfg,
+        "world": getattr(source, "world", None),
+        "image_size": getattr(source, "image_size", None),
+    }
+
+
 def run_training(cfg: DictConfig) -> dict[str, float]:
     """Fits, tests and evaluates one run; returns the final metrics (flat keys)."""
     out_dir = Path(cfg.paths.output_dir)
@@ -107,7 +117,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             scorer,
             instantiate_benchmarks(cfg.get("benchmark")),
             out_dir / "eval",
-            context={"run_config": run_cfg},
+            context=eval_context(run_cfg, datamodule.source),
         )
         metrics.update({f"eval/{k}": v for k, v in report["results"].items()})
         print(markdown_table(report["results"], report["chance"], report["counts"]))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from datamodules.benchmarks.synthetic import SyntheticBenchmark
+from datamodules.sources.synthetic import world_from_run_config
 from evaluate import evaluate
 from lightning_modules.export import export_checkpoint
 from lightning_modules.inference import ClipScorer, load_checkpoint
@@ -50,7 +51,8 @@ def test_export_loads_in_open_clip_and_scores_identically(two_checkpoints, tmp_p
     ours_model, spec, run_cfg = load_checkpoint(ckpt)
     ours = ClipScorer(ours_model, spec.image_transform(), spec.tokenizer())
     bench = SyntheticBenchmark(num_items=16, num_winoground=8)
-    ctx = {"run_config": run_cfg}
+    world, size = world_from_run_config(run_cfg)
+    ctx = {"world": world, "image_size": size}
     assert bench.run(exported, context=ctx).metrics == bench.run(ours, context=ctx).metrics
     for k, v in ours_model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v)

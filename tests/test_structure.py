@@ -68,3 +68,29 @@ def test_selected_generators_reach_the_datamodule_under_their_names(cfg_factory)
     dm = build_datamodule(cfg, ModelSpec(name="tiny-vit"))
     assert [g.run_name for g in dm.negatives] == ["text_rules", "swap_rules"]
     assert all(g.leak_filter is not None and g.vocabulary is not None for g in dm.negatives)
+
+
+def test_training_negatives_and_the_aro_order_protocol_share_one_lexicon():
+    """Word lists live in datamodules.lexicon only: a generator and a benchmark cannot drift apart silently."""
+    from datamodules import lexicon
+    from datamodules.benchmarks import aro_order
+    from datamodules.negatives import llm_rewriter, text_rules
+
+    for module in (text_rules, aro_order, llm_rewriter):
+        for name in ("COLORS", "SIZES", "NOUNS_SING", "NOUNS_PLUR"):
+            if hasattr(module, name):
+                assert getattr(module, name) is getattr(lexicon, name), (module.__name__, name)
+    lists = {n for n in dir(lexicon) if n.isupper()}
+    # (the synthetic world's grammar, datamodules/world, defines its own closed vocabulary on purpose)
+    for path in [
+        *(ROOT / "datamodules" / "negatives").rglob("*.py"),
+        *(ROOT / "datamodules" / "benchmarks").rglob("*.py"),
+    ]:
+        assigned = {
+            t.id
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Assign)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
+        assert not assigned & lists, f"{path} redefines lexicon lists {sorted(assigned & lists)}"

@@ -120,10 +120,9 @@ def test_multirun_one_run_dir_per_job(tmp_path):
     ],
 )
 def test_bad_config_fails_fast_and_names_the_key(tmp_path, args, expected):
-    p, seconds = _run([str(ROOT / "train.py"), *args, f"paths.log_dir={tmp_path}"], cwd=tmp_path, timeout=120)
+    p, _ = _run([str(ROOT / "train.py"), *args, f"paths.log_dir={tmp_path}"], cwd=tmp_path, timeout=120)
     assert p.returncode != 0
     assert expected in p.stderr + p.stdout, (p.stderr + p.stdout)[-2000:]
-    assert seconds < 60
     if "model/vit_nope" in expected:
         assert "tiny_vit" in p.stderr  # the valid choices are listed
 
@@ -148,7 +147,7 @@ def test_ddp_sim_two_cpu_processes(cfg_factory, tmp_path):
 def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment, tmp_path):
     extra, tiny = [], True
     if experiment.startswith("noisy_"):  # small raw world, random-init scorers, manifests in tmp
-        from tests.test_preprocess_run import SMALL
+        from tests.datamodules.preprocess.test_preprocess_run import SMALL
 
         tiny = False
         extra = [
@@ -161,8 +160,15 @@ def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment, tmp_path):
             "benchmark.synthetic.num_items=8",
             "benchmark.synthetic.num_winoground=4",
         ]
-    metrics = train(cfg_factory(f"experiment={experiment}", "debug=fdr", *extra, tiny=tiny))
+    cfg = cfg_factory(f"experiment={experiment}", "debug=fdr", *extra, tiny=tiny)
+    metrics = train(cfg)
     assert "train/loss" in metrics
+    # Every configured term saw its inputs (a dropped generator or a kind filter matching nothing shows as 0) ...
+    counts = {k: v for k, v in metrics.items() if k.startswith("train/") and k.endswith("_count")}
+    assert all(v > 0 for v in counts.values()), counts
+    # ... and a run with generators trained with negatives.
+    if cfg.get("negatives"):
+        assert metrics["train/num_txt_neg"] + metrics["train/num_img_neg"] > 0, metrics
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.benchmarks.base import Benchmark, BenchmarkResult, option_scores, require, thumbnail
-from datamodules.negatives.text_rules import COLORS, NOUNS_PLUR, NOUNS_SING, SIZES
+from datamodules.lexicon import COLORS, NOUNS_PLUR, NOUNS_SING, SIZES
 from datamodules.records import load_image
 from lightning_modules.inference import ClipScorer
 

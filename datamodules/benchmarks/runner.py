@@ -25,6 +25,7 @@ from datamodules.benchmarks.report import (
     markdown_table,
     write_tables,
 )
+from datamodules.sources.synthetic import world_from_run_config
 from lightning_modules.inference import ClipScorer
 from lightning_modules.model_factory import ModelSpec
 
@@ -36,7 +37,17 @@ def instantiate_benchmarks(cfg_benchmarks: DictConfig | dict | None) -> dict[str
     """The `benchmark` config group (name -> node; null entries dropped) as Benchmark objects."""
     if not cfg_benchmarks:
         return {}
-    return {name: instantiate(node) for name, node in cfg_benchmarks.items() if node is not None}
+    out = {}
+    for name, node in cfg_benchmarks.items():
+        if node is None:
+            continue
+        if "_target_" not in node:
+            raise ValueError(
+                f"benchmark.{name}: no _target_ (only overrides of a benchmark that is not selected?); select it "
+                f"with benchmark=[...,{name}] or drop its overrides"
+            )
+        out[name] = instantiate(node)
+    return out
 
 
 def run_benchmarks(
@@ -82,7 +93,8 @@ def compare_models(
     device: torch.device,
     batch_size: int = 256,
 ) -> dict[str, dict[str, float]]:
-    """Scores each model (label -> (model, spec, run config)) on `benchmarks`, one report folder per model (the
+    """Scores each model (label -> (model, spec, run config)) on `benchmarks` (the synthetic benchmark on the world
+    rebuilt from each run config), one report folder per model (the
     run folder itself for a single model), plus comparison.md and plots for several. Prints each table.
     Returns label -> flat results."""
     per_model: dict[str, dict[str, float]] = {}
@@ -92,7 +104,9 @@ def compare_models(
             model.to(device), spec.image_transform(), spec.tokenizer(), device=device, batch_size=batch_size
         )
         sub = out_dir if len(models) == 1 else out_dir / label
-        report = run_benchmarks(scorer, benchmarks, sub, context={"run_config": run_cfg})
+        world, size = world_from_run_config(run_cfg)
+        context = {"run_config": run_cfg, "world": world, "image_size": size}
+        report = run_benchmarks(scorer, benchmarks, sub, context=context)
         per_model[label] = report["results"]
         chance.update(report["chance"])
         print(f"## {label}\n" + markdown_table(report["results"], report["chance"], report["counts"]))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from datamodules.benchmarks.base import Benchmark, BenchmarkResult
+from datamodules.benchmarks.winoground import winoground_scores
 from datamodules.sources.synthetic import SyntheticWorldSource
 from datamodules.world.claims import (
     CATEGORIES,
@@ -33,21 +34,12 @@ from lightning_modules.inference import ClipScorer
 WINOGROUND_KINDS = ("swap_attributes", "swap_objects")
 
 
-def world_from_context(context: dict[str, Any] | None) -> tuple[World | None, int | None]:
-    """The world (and image size) the checkpoint was trained on, if it was trained on the synthetic world."""
-    src = ((context or {}).get("run_config") or {}).get("data", {}).get("source", {})
-    if "world" not in src:  # a preprocessed source: the world of its raw source
-        src = ((src.get("preprocess") or {}).get("raw") or {}) if isinstance(src, dict) else {}
-    if "world" not in src:
-        return None, None
-    params = {k: v for k, v in (src.get("world") or {}).items() if not k.startswith("_")}
-    return World(**params), src.get("image_size")
-
-
 class SyntheticBenchmark(Benchmark):
     """Args:
-    world: the world definition; None = the checkpoint's training world (else the default world).
-    image_size: render size; None = the checkpoint's (else 48).
+    world: the world definition; None = the world the run was trained on, passed by the caller as
+        `context["world"]` (the training source's world; evaluate.py rebuilds it from the checkpoint's config), else
+        the default world.
+    image_size: render size; None = `context["image_size"]` (else 48).
     num_items: items per SugarCrepe-style category.
     num_winoground: items per Winoground-style kind.
     max_scenes: test scenes scanned at most.
@@ -154,71 +146,66 @@ class SyntheticBenchmark(Benchmark):
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def run(self, scorer: ClipScorer, *, context: dict[str, Any] | None = None) -> BenchmarkResult:
-        ctx_world, ctx_size = world_from_context(context)
-        world = self.world or ctx_world or World()
-        size = self.image_size or ctx_size or 48
+        context = context or {}
+        world = self.world or context.get("world") or World()
+        size = self.image_size or context.get("image_size") or 48
         crepe, wino = self.items(world)
-        metrics: dict[str, float] = {}
-        chance: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        failures: list[dict[str, Any]] = []
-
+        result = BenchmarkResult(metrics={}, chance={}, counts={}, failures=[])
         if crepe:
-            img = scorer.encode_images([render_scene(it["scene"], size) for it in crepe])
-            pos = scorer.encode_texts([it["pos"] for it in crepe])
-            neg = scorer.encode_texts([it["neg"] for it in crepe])
-            s_pos, s_neg = (img * pos).sum(-1), (img * neg).sum(-1)
-            correct = (s_pos > s_neg).tolist()
-            groups: dict[str, list[bool]] = defaultdict(list)
-            for it, ok, sp, sn in zip(crepe, correct, s_pos.tolist(), s_neg.tolist()):
-                groups[it["category"]].append(ok)
-                if it["heldout"]:
-                    groups[it["category"] + "-heldout"].append(ok)
-                if not ok and len(failures) < self.max_failures:
-                    failures.append(
-                        {
-                            "subset": it["category"],
-                            "positive": it["pos"],
-                            "negative": it["neg"],
-                            "score_pos": sp,
-                            "score_neg": sn,
-                            "image": render_scene(it["scene"], max(size, 96)),
-                        }
-                    )
-            order = [c for c in self.categories if c in groups] + [
-                f"{c}-heldout" for c in self.categories if f"{c}-heldout" in groups
-            ]
-            for g in order:
-                oks = groups[g]
-                metrics[f"{g}/acc"] = 100.0 * sum(oks) / len(oks)
-                chance[f"{g}/acc"] = 50.0
-                counts[g] = len(oks)
-            main = [metrics[f"{c}/acc"] for c in self.categories if f"{c}/acc" in metrics]
-            held = [metrics[f"{c}-heldout/acc"] for c in self.categories if f"{c}-heldout/acc" in metrics]
-            metrics["mean/acc"], chance["mean/acc"] = sum(main) / len(main), 50.0
-            if held:
-                metrics["heldout_mean/acc"], chance["heldout_mean/acc"] = sum(held) / len(held), 50.0
-
+            self._score_choices(crepe, scorer, size, result)
         if wino:
-            images = [render_scene(s, size) for it in wino for s in it["scenes"]]
-            img = scorer.encode_images(images).view(len(wino), 2, -1)
-            txt = scorer.encode_texts([c for it in wino for c in it["captions"]]).view(len(wino), 2, -1)
-            s = torch.einsum("nid,ncd->nci", img, txt)  # s[n, caption, image]
-            text_ok = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
-            image_ok = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
-            group_ok = text_ok & image_ok
-            kinds = [it["kind"] for it in wino]
-            for sub in (*WINOGROUND_KINDS, "all"):
-                mask = torch.tensor([sub in ("all", k) for k in kinds])
-                if not mask.any():
-                    continue
-                name = "winoground" if sub == "all" else f"winoground-{sub}"
-                for metric, ok, ch in (
-                    ("text", text_ok, 25.0),
-                    ("image", image_ok, 25.0),
-                    ("group", group_ok, 100 / 6),
-                ):
-                    metrics[f"{name}/{metric}"] = 100.0 * ok[mask].float().mean().item()
-                    chance[f"{name}/{metric}"] = ch
-                counts[name] = int(mask.sum())
-        return BenchmarkResult(metrics=metrics, chance=chance, counts=counts, failures=failures)
+            self._score_winoground(wino, scorer, size, result)
+        return result
+
+    def _score_choices(self, crepe: list[dict], scorer: ClipScorer, size: int, out: BenchmarkResult) -> None:
+        """SugarCrepe-style items: the positive caption must outscore the negative on the scene's image."""
+        img = scorer.encode_images([render_scene(it["scene"], size) for it in crepe])
+        s_pos = (img * scorer.encode_texts([it["pos"] for it in crepe])).sum(-1)
+        s_neg = (img * scorer.encode_texts([it["neg"] for it in crepe])).sum(-1)
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for it, ok, sp, sn in zip(crepe, (s_pos > s_neg).tolist(), s_pos.tolist(), s_neg.tolist()):
+            groups[it["category"]].append(ok)
+            if it["heldout"]:
+                groups[it["category"] + "-heldout"].append(ok)
+            if not ok and len(out.failures) < self.max_failures:
+                out.failures.append(
+                    {
+                        "subset": it["category"],
+                        "positive": it["pos"],
+                        "negative": it["neg"],
+                        "score_pos": sp,
+                        "score_neg": sn,
+                        "image": render_scene(it["scene"], max(size, 96)),
+                    }
+                )
+        order = [c for c in self.categories if c in groups] + [
+            f"{c}-heldout" for c in self.categories if f"{c}-heldout" in groups
+        ]
+        for g in order:
+            out.metrics[f"{g}/acc"] = 100.0 * sum(groups[g]) / len(groups[g])
+            out.chance[f"{g}/acc"] = 50.0
+            out.counts[g] = len(groups[g])
+        main = [out.metrics[f"{c}/acc"] for c in self.categories if f"{c}/acc" in out.metrics]
+        held = [out.metrics[f"{c}-heldout/acc"] for c in self.categories if f"{c}-heldout/acc" in out.metrics]
+        out.metrics["mean/acc"], out.chance["mean/acc"] = sum(main) / len(main), 50.0
+        if held:
+            out.metrics["heldout_mean/acc"], out.chance["heldout_mean/acc"] = sum(held) / len(held), 50.0
+
+    def _score_winoground(
+        self, wino: list[dict], scorer: ClipScorer, size: int, out: BenchmarkResult
+    ) -> None:
+        """Winoground-style items (2 scenes x 2 captions), scored exactly as the Winoground benchmark."""
+        images = [render_scene(s, size) for it in wino for s in it["scenes"]]
+        img = scorer.encode_images(images).view(len(wino), 2, -1)
+        txt = scorer.encode_texts([c for it in wino for c in it["captions"]]).view(len(wino), 2, -1)
+        ok = winoground_scores(torch.einsum("nid,ncd->nci", img, txt))  # s[n, caption, image]
+        kinds = [it["kind"] for it in wino]
+        for sub in (*WINOGROUND_KINDS, "all"):
+            mask = torch.tensor([sub in ("all", k) for k in kinds])
+            if not mask.any():
+                continue
+            name = "winoground" if sub == "all" else f"winoground-{sub}"
+            for metric, ch in (("text", 25.0), ("image", 25.0), ("group", 100 / 6)):
+                out.metrics[f"{name}/{metric}"] = 100.0 * ok[metric][mask].float().mean().item()
+                out.chance[f"{name}/{metric}"] = ch
+            out.counts[name] = int(mask.sum())

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from datamodules.cache import DiskCache, cache_key, owns
+from datamodules.lexicon import COLORS, NUMBERS, POSITION_PAIRS, SIZES, VERB_GROUPS
 from datamodules.negatives.base import NegativeGenerator
-from datamodules.negatives.text_rules import COLORS, NUMBERS, POSITION_PAIRS, SIZES, VERB_GROUPS
 from datamodules.records import Negative, Record
 
 log = logging.getLogger(__name__)

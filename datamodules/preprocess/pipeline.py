@@ -224,7 +224,7 @@ class Preprocessor:
             if not pending:
                 break
             t0 = time.perf_counter()
-            scores = self._score(pending)
+            scores = self.score_items(pending)
             passed = self.gate.passes(scores).tolist()
             timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - t0
             if round_ == 0:
@@ -257,7 +257,9 @@ class Preprocessor:
             pending = failed
         return kept, history
 
-    def _score(self, pending: list[Item]) -> dict:
+    def score_items(self, pending: list[Item]) -> dict:
+        """Gate scores of the pending items ({scorer name or "combined": tensor}), in batches. A subclass may
+        override it to give a gate more than images and captions (e.g. an oracle reading each record's scene)."""
         import torch
 
         parts: dict[str, list] = {}

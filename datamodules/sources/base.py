@@ -25,5 +25,5 @@ class Source(ABC):
         """Records of `split`; an empty list when the source has no such split."""
 
     def describe(self) -> dict:
-        """Primitive description (logged, and stored beside the run)."""
+        """Primitive description, quoted in error messages (e.g. a split with no records)."""
         return {"type": type(self).__name__}

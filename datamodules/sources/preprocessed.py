@@ -76,6 +76,15 @@ class PreprocessedSource(Source):
         return self.raw.records(split)
 
     @property
+    def world(self):
+        """The raw source's synthetic world (None for real data): benchmarks of the run use it."""
+        return getattr(self.raw, "world", None)
+
+    @property
+    def image_size(self):
+        return getattr(self.raw, "image_size", None)
+
+    @property
     def vocabulary(self):
         return getattr(self.raw, "vocabulary", None)
 

@@ -127,3 +127,16 @@ class SyntheticWorldSource(Source):
             "scene_offset": self.scene_offset,
             **self.sizes,
         }
+
+
+def world_from_run_config(run_cfg: dict | None) -> tuple[World | None, int | None]:
+    """The synthetic world (and image size) a run trained on, rebuilt from its saved config read as data (never
+    instantiated): `data.source.world`, or the raw source's world for `data=preprocessed`. (None, None) when the
+    run did not train on the synthetic world."""
+    src = ((run_cfg or {}).get("data") or {}).get("source") or {}
+    if "world" not in src:  # a preprocessed source: the world of its raw source
+        src = (src.get("preprocess") or {}).get("raw") or {}
+    if "world" not in src:
+        return None, None
+    params = {k: v for k, v in (src.get("world") or {}).items() if not k.startswith("_")}
+    return World(**params), src.get("image_size")

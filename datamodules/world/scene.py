@@ -6,7 +6,6 @@ scene renders identically at any resolution. Everything is deterministic given t
 
 from __future__ import annotations
 
-import itertools
 import random
 from dataclasses import dataclass, field, replace
 
@@ -46,13 +45,6 @@ class Obj:
 @dataclass(frozen=True)
 class Scene:
     objects: tuple[Obj, ...]
-
-    def to_dict(self) -> dict:
-        return {"objects": [vars(o).copy() for o in self.objects]}
-
-    @staticmethod
-    def from_dict(d: dict) -> Scene:
-        return Scene(tuple(Obj(**o) for o in d["objects"]))
 
 
 def relation_holds(a: Obj, rel: str, b: Obj, margin: float) -> bool:
@@ -173,7 +165,3 @@ def swap_attribute(scene: Scene, i: int, j: int, attr: str) -> Scene:
     a, b = objs[i], objs[j]
     objs[i], objs[j] = replace(a, **{attr: getattr(b, attr)}), replace(b, **{attr: getattr(a, attr)})
     return Scene(tuple(objs))
-
-
-def ordered_pairs(n: int):
-    return itertools.permutations(range(n), 2)

@@ -1,0 +1,22 @@
+"""Test helpers: `run_if` gates tests on hardware (Lightning's RunIf idea), so a GPU test carries the `gpu` marker
+(`make test-gpu` selects it, `make test` deselects it) and skips with a reason on a machine without one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def run_if(*, min_cuda_gpus: int = 0):
+    """Decorator: marks a test `gpu` and skips it unless at least `min_cuda_gpus` CUDA devices are visible."""
+
+    def wrap(fn):
+        if min_cuda_gpus:
+            fn = pytest.mark.gpu(fn)
+            fn = pytest.mark.skipif(
+                torch.cuda.device_count() < min_cuda_gpus,
+                reason=f"needs {min_cuda_gpus} CUDA GPU(s); run `make test-gpu` on a GPU machine",
+            )(fn)
+        return fn
+
+    return wrap

@@ -1,0 +1,293 @@
+"""Hard-negative losses against naive loop references; distributed gradients equal single-process ones."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.losses.base import LossInputs, LossSum
+from lightning_modules.losses.contrastive import ContrastiveLoss
+from lightning_modules.losses.hard_negative import HardNegativeImage, HardNegativeText
+from lightning_modules.losses.pair_positive import PairPositive
+from tests.lightning_modules.losses.test_losses import _free_port
+
+
+def f(n, d=16, seed=0):
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def inputs(seed=0, b=4):
+    return LossInputs(
+        img_BD=f(b, seed=seed),
+        txt_BD=f(b, seed=seed + 1),
+        logit_scale=torch.tensor(12.0),
+        img_neg_MD=f(3, seed=seed + 2),
+        txt_neg_ND=f(5, seed=seed + 3),
+        img_neg_owner_M=torch.tensor([0, 2, 2]),
+        txt_neg_owner_N=torch.tensor([0, 0, 1, 3, 3]),
+        img_neg_pair_M=torch.tensor([1, -1, 2]),
+        img_neg_kind=["compositional/color", "structure/patch_shuffle", "compositional/size"],
+        txt_neg_kind=[
+            "compositional/color",
+            "compositional/size",
+            "structure/trigram_shuffle",
+            "compositional/position",
+            "structure/trigram_shuffle",
+        ],
+    )
+
+
+def ce(logits, target):
+    return -(logits[target] - torch.logsumexp(logits, 0))
+
+
+def naive_columns(anchor, pos, neg, scale):
+    cols = torch.cat([pos, neg])
+    return sum(ce(torch.stack([scale * anchor[i] @ c for c in cols]), i) for i in range(len(anchor))) / len(
+        anchor
+    )
+
+
+def naive_per_sample(anchor, pos, neg, owner, scale):
+    losses = []
+    for i in range(len(anchor)):
+        own = [neg[k] for k in range(len(neg)) if owner[k] == i]
+        if own:
+            losses.append(ce(torch.stack([scale * anchor[i] @ c for c in [pos[i], *own]]), 0))
+    return sum(losses) / len(losses)
+
+
+def naive_positive_role(anchor, pos, neg, owner, scale):
+    losses = []
+    for k in range(len(neg)):
+        i = int(owner[k])
+        cols = [neg[k] if j == i else pos[j] for j in range(len(pos))]
+        losses.append(ce(torch.stack([scale * anchor[i] @ c for c in cols]), i))
+    return sum(losses) / len(losses)
+
+
+def test_text_columns_matches_naive():
+    x = inputs()
+    out = HardNegativeText(weight=1.0, kinds=None)(x)
+    ref = naive_columns(x.img_BD, x.txt_BD, x.txt_neg_ND, x.logit_scale)
+    torch.testing.assert_close(out["hardneg_text_loss"], ref)
+    assert out["hardneg_text_count"] == 5
+
+
+def test_kind_selection():
+    x = inputs()
+    out = HardNegativeText(kinds=["compositional/"])(x)
+    keep = [0, 1, 3]
+    ref = naive_columns(x.img_BD, x.txt_BD, x.txt_neg_ND[keep], x.logit_scale)
+    torch.testing.assert_close(out["hardneg_text_loss"], ref)
+    assert out["hardneg_text_count"] == 3
+
+
+def test_text_per_sample_matches_naive():
+    x = inputs()
+    out = HardNegativeText(mode="per_sample", kinds=None, weight=2.0)(x)
+    ref = naive_per_sample(x.img_BD, x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.logit_scale)
+    torch.testing.assert_close(out["hardneg_text_loss"], 2.0 * ref)
+
+
+def test_image_columns_and_per_sample_match_naive():
+    x = inputs()
+    out = HardNegativeImage(kinds=None)(x)
+    torch.testing.assert_close(
+        out["hardneg_image_loss"], naive_columns(x.txt_BD, x.img_BD, x.img_neg_MD, x.logit_scale)
+    )
+    out = HardNegativeImage(kinds=None, mode="per_sample")(x)
+    ref = naive_per_sample(x.txt_BD, x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.logit_scale)
+    torch.testing.assert_close(out["hardneg_image_loss"], ref)
+
+
+def test_positive_role_matches_naive():
+    x = inputs()
+    out = HardNegativeText(kinds=["structure/"], role="positive", name="structure_text")(x)
+    keep = [2, 4]
+    ref = naive_positive_role(x.img_BD, x.txt_BD, x.txt_neg_ND[keep], x.txt_neg_owner_N[keep], x.logit_scale)
+    torch.testing.assert_close(out["structure_text_loss"], ref)
+
+
+def test_pair_positive_matches_naive():
+    x = inputs()
+    out = PairPositive(weight=1.0)(x)
+    imgs = torch.cat([x.img_BD, x.img_neg_MD[[0, 2]]])
+    txts = torch.cat([x.txt_BD, x.txt_neg_ND[[1, 2]]])
+    s = x.logit_scale
+    n = len(imgs)
+    ref = sum(
+        ce(torch.stack([s * imgs[i] @ t for t in txts]), i)
+        + ce(torch.stack([s * txts[i] @ im for im in imgs]), i)
+        for i in range(n)
+    ) / (2 * n)
+    torch.testing.assert_close(out["pair_positive_loss"], ref)
+    assert out["pair_positive_count"] == 2
+
+
+def test_no_negatives_gives_zero_with_graph():
+    b = 3
+    img, txt = f(b).requires_grad_(True), f(b, seed=1).requires_grad_(True)
+    x = LossInputs(
+        img_BD=img,
+        txt_BD=txt,
+        logit_scale=torch.tensor(10.0),
+        img_neg_MD=f(0),
+        txt_neg_ND=f(0),
+        img_neg_owner_M=torch.zeros(0, dtype=torch.long),
+        txt_neg_owner_N=torch.zeros(0, dtype=torch.long),
+        img_neg_pair_M=torch.zeros(0, dtype=torch.long),
+    )
+    total = LossSum(
+        {
+            "a": HardNegativeText(mode="per_sample"),
+            "b": PairPositive(),
+            "c": HardNegativeText(role="positive", name="pos"),
+        }
+    )(x)
+    s = sum(v for k, v in total.items() if k.endswith("_loss"))
+    s.backward()
+    assert s.item() == 0.0 and img.grad is not None
+
+
+def test_hard_negatives_raise_loss_when_negative_is_close():
+    x = inputs()
+    x.txt_BD = x.img_BD.clone()  # aligned positives
+    near = x.img_BD[x.txt_neg_owner_N] * 0.9 + 0.1 * x.txt_neg_ND
+    far = HardNegativeText(kinds=None)(x)["hardneg_text_loss"]
+    x.txt_neg_ND = F.normalize(near, dim=-1)
+    assert HardNegativeText(kinds=None)(x)["hardneg_text_loss"] > far
+
+
+def _worker(rank, world, port, full, q):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = full["img"].shape[0] // world
+    sl = slice(rank * b, (rank + 1) * b)
+    img = full["img"][sl].clone().requires_grad_(True)
+    txt = full["txt"][sl].clone().requires_grad_(True)
+    mine = (full["txt_owner"] >= rank * b) & (full["txt_owner"] < (rank + 1) * b)
+    tneg = full["tneg"][mine].clone().requires_grad_(True)
+    mine_i = (full["img_owner"] >= rank * b) & (full["img_owner"] < (rank + 1) * b)
+    ineg = full["ineg"][mine_i].clone().requires_grad_(True)
+    x = LossInputs(
+        img_BD=img,
+        txt_BD=txt,
+        logit_scale=full["scale"],
+        img_neg_MD=ineg,
+        txt_neg_ND=tneg,
+        img_neg_owner_M=full["img_owner"][mine_i] - rank * b,
+        txt_neg_owner_N=full["txt_owner"][mine] - rank * b,
+        img_neg_pair_M=torch.full((int(mine_i.sum()),), -1),
+        img_neg_kind=["c"] * int(mine_i.sum()),
+        txt_neg_kind=["c"] * int(mine.sum()),
+    )
+    loss = LossSum(
+        {
+            "c": ContrastiveLoss(),
+            "t": HardNegativeText(kinds=None),
+            "i": HardNegativeImage(kinds=None),
+            "p": HardNegativeText(kinds=None, mode="per_sample", name="ps"),
+        }
+    )(x)
+    total = sum(v for k, v in loss.items() if k.endswith("_loss"))
+    total.backward()
+    q.put(
+        (
+            rank,
+            {
+                n: (t.grad / world).clone()
+                for n, t in [("img", img), ("txt", txt), ("tneg", tneg), ("ineg", ineg)]
+            },
+            mine,
+            mine_i,
+        )
+    )
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_hard_negative_gradients_equal_global_batch():
+    b, world = 6, 2
+    full = {
+        "img": f(b, seed=10),
+        "txt": f(b, seed=11),
+        "tneg": f(7, seed=12),
+        "ineg": f(3, seed=13),
+        "txt_owner": torch.tensor([0, 0, 1, 3, 4, 4, 5]),
+        "img_owner": torch.tensor([1, 3, 3]),
+        "scale": torch.tensor(15.0),
+    }
+    ref = {k: full[k].clone().requires_grad_(True) for k in ("img", "txt", "tneg", "ineg")}
+    x = LossInputs(
+        img_BD=ref["img"],
+        txt_BD=ref["txt"],
+        logit_scale=full["scale"],
+        img_neg_MD=ref["ineg"],
+        txt_neg_ND=ref["tneg"],
+        img_neg_owner_M=full["img_owner"],
+        txt_neg_owner_N=full["txt_owner"],
+        img_neg_pair_M=torch.full((3,), -1),
+        img_neg_kind=["c"] * 3,
+        txt_neg_kind=["c"] * 7,
+    )
+    loss = LossSum(
+        {
+            "c": ContrastiveLoss(),
+            "t": HardNegativeText(kinds=None),
+            "i": HardNegativeImage(kinds=None),
+            "p": HardNegativeText(kinds=None, mode="per_sample", name="ps"),
+        }
+    )(x)
+    sum(v for k, v in loss.items() if k.endswith("_loss")).backward()
+    ctx = torch.multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, full, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    res = sorted(q.get(timeout=180) for _ in procs)
+    for p in procs:
+        p.join(60)
+    for name in ("img", "txt"):
+        torch.testing.assert_close(torch.cat([r[1][name] for r in res]), ref[name].grad)
+    got_t = torch.zeros_like(ref["tneg"].grad)
+    got_i = torch.zeros_like(ref["ineg"].grad)
+    for _, grads, mine, mine_i in res:
+        got_t[mine] = grads["tneg"]
+        got_i[mine_i] = grads["ineg"]
+    torch.testing.assert_close(got_t, ref["tneg"].grad)
+    torch.testing.assert_close(got_i, ref["ineg"].grad)
+
+
+def test_intra_modal_separation_matches_hand_computed_hinge():
+    from lightning_modules.losses.intra_modal import IntraModalSeparation
+
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neg = torch.tensor(
+        [[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]
+    )  # cos with owner: 0.8, 1.0 (kind not selected), 0.0
+    x = LossInputs(
+        img_BD=txt.clone(),
+        txt_BD=txt,
+        logit_scale=torch.tensor(10.0),
+        txt_neg_ND=neg,
+        txt_neg_owner_N=torch.tensor([0, 0, 1]),
+        txt_neg_kind=["compositional/position", "compositional/color", "compositional/swap_objects"],
+    )
+    term = IntraModalSeparation(
+        "text", kinds=["compositional/position", "compositional/swap_objects"], margin=0.5, weight=2.0
+    )
+    out = term(x)
+    # selected cosines 0.8 and 0.0: hinge (0.3 + 0) / 2 = 0.15, weight 2 -> 0.3; mean cosine 0.4.
+    torch.testing.assert_close(out["intra_text_loss"], torch.tensor(0.3))
+    torch.testing.assert_close(out["intra_text_cos"], torch.tensor(0.4))
+    # No selected negative: a zero loss that still depends on the features (same graph on every rank).
+    empty = IntraModalSeparation("image")(x)
+    assert float(empty["intra_image_loss"]) == 0.0
+    with pytest.raises(ValueError, match="modality"):
+        IntraModalSeparation("audio")
