@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from datamodules.atomic import atomic_write_bytes, clean_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class DiskCache:
         self.dir = Path(root) / namespace
         self.dir.mkdir(parents=True, exist_ok=True)
         self.stats: Counter = Counter()
+        removed = clean_stale_temps(self.dir, recursive=True)  # temp files of writers killed mid-write
+        if removed:
+            log.info("cache %s: removed %d temp files of interrupted writes", self.dir, removed)
 
     def path(self, key: str) -> Path:
         return self.dir / key[:2] / key
@@ -75,12 +78,7 @@ class DiskCache:
     def put(self, key: str, payload: bytes) -> None:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.parent / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        with tmp.open("wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        atomic_write_bytes(p, MAGIC + hashlib.sha256(payload).digest() + payload)
         self.stats["write"] += 1
 
     def get_json(self, key: str) -> Any | None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
-from datamodules.dataset import ClipDataset, collate
+from datamodules.dataset import Batch, ClipDataset, collate
 from datamodules.negatives.base import NegativeGenerator
+from datamodules.records import MAX_IMAGE_PIXELS
+from datamodules.sampler import ResumableRandomSampler
 from datamodules.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,16 @@ def _bound(negs: dict[str, Any] | Sequence[Any] | None, hints: dict[str, Any]) -
     return out
 
 
+def _numpy_state() -> tuple:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
+def _set_numpy_state(state: tuple) -> None:
+    kind, keys, pos, has_gauss, gauss = state
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
 class ClipDataModule(L.LightningDataModule):
     """Args:
     source: where records come from (synthetic world, JSONL/CSV pairs, ...).
@@ -43,6 +58,9 @@ class ClipDataModule(L.LightningDataModule):
         makes the diagnostics comparable between experiments (the baseline trains without negatives).
     image_transform / tokenizer: injected by train.py from the model spec.
     seed: base seed of per-sample RNGs.
+    max_image_pixels: larger images are skipped without decoding (counted like unreadable ones).
+    max_bad_fraction: training stops with an error naming the last bad records when more than this share of the
+        training samples seen so far (after the first 200) had an unreadable or over-limit image.
     """
 
     def __init__(
@@ -59,10 +77,15 @@ class ClipDataModule(L.LightningDataModule):
         image_transform: Callable | None = None,
         tokenizer: Callable | None = None,
         seed: int = 0,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is None and key == "eval_batch_size":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
         self.source = source
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -78,6 +101,14 @@ class ClipDataModule(L.LightningDataModule):
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.seed = seed
+        self.max_image_pixels = max_image_pixels
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_seen = self.samples_seen = 0
+        self._sampler: ResumableRandomSampler | None = None
+        self._consumed = 0
+        self._resume_state: dict | None = None
+        self._restore_rng = False
+        self._val_iterated = self._quiet_val_seed = False
         self.datasets: dict[str, ClipDataset] = {}
 
     @property
@@ -105,9 +136,59 @@ class ClipDataModule(L.LightningDataModule):
                 self.tokenizer,
                 negatives={"train": self.negatives, "val": self.val_negatives}.get(split, ()),
                 seed=self.seed,
+                max_pixels=self.max_image_pixels,
             )
             log.info("%s split: %d records", split, len(records))
         return self.datasets[split]
+
+    # -- exact resume: the train order's epoch seed, the samples consumed in the epoch, and the RNG states --------
+    def _new_epoch(self) -> None:
+        self._consumed = 0
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint (Lightning calls it): where the training order stands, and the RNG states."""
+        if self._sampler is None or self._sampler.epoch_seed is None:
+            return {}
+        return {
+            "epoch_seed": self._sampler.epoch_seed,
+            "consumed": self._consumed,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": _numpy_state(),  # primitives: checkpoints load with weights_only=True
+            "val_iterated": self._val_iterated,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Called by Lightning when fitting from `ckpt_path`: the next train loader continues the saved epoch's order
+        from the saved position; the RNG states are restored at the first resumed batch (after the loader has made
+        its own draws, which an uninterrupted run would not make there)."""
+        if state:
+            self._resume_state = dict(state)
+            self._consumed = int(state["consumed"])
+            self._restore_rng = True
+            # With persistent workers the val loader drew its worker seed from the global RNG once, before the
+            # checkpoint; the resumed process must not draw it again (that would shift every later epoch's order).
+            self._quiet_val_seed = bool(state.get("val_iterated")) and self.persistent_workers
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if self.trainer is not None and self.trainer.validating:
+            self._val_iterated = True
+        if self.trainer is not None and self.trainer.training:
+            if self._restore_rng:
+                torch.set_rng_state(self._resume_state["torch_rng"])
+                random.setstate(self._resume_state["python_rng"])
+                _set_numpy_state(self._resume_state["numpy_rng"])
+                self._restore_rng, self._resume_state = False, None
+            self._consumed += batch.num_pos
+            self.samples_seen += batch.num_pos
+            self.bad_seen += len(batch.bad_ids)
+            if self.samples_seen >= 200 and self.bad_seen > self.max_bad_fraction * self.samples_seen:
+                raise RuntimeError(
+                    f"data: {self.bad_seen} of {self.samples_seen} training samples had an unreadable or over-limit "
+                    f"image (> data.max_bad_fraction={self.max_bad_fraction}); last: {batch.bad_ids[-3:]}. Fix the "
+                    "data (or run preprocessing, which drops such records with a report)"
+                )
+        return batch
 
     def prepare_data(self) -> None:
         self.source.prepare()
@@ -133,10 +214,23 @@ class ClipDataModule(L.LightningDataModule):
             self.dataset("test")
 
     def _loader(self, split: str, batch: int, *, train: bool) -> DataLoader:
+        sampler = None
+        # One device: a shuffling sampler that resumes exactly. Several: shuffle=True, which Lightning replaces by
+        # a DistributedSampler (a custom sampler would be wrapped and could give ranks different permutations).
+        if train and self.world_size == 1:
+            sampler = ResumableRandomSampler(len(self.dataset(split)), on_new_epoch=self._new_epoch)
+            if self._resume_state is not None:
+                sampler.resume(self._resume_state["epoch_seed"], self._resume_state["consumed"])
+            self._sampler = sampler
+        generator = None
+        if split == "val" and self._quiet_val_seed:
+            generator, self._quiet_val_seed = torch.Generator().manual_seed(self.seed), False
         return DataLoader(
             self.dataset(split),
             batch_size=self.per_device(batch),
-            shuffle=train,
+            sampler=sampler,
+            generator=generator,
+            shuffle=train and sampler is None,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

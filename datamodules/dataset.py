@@ -8,9 +8,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from datamodules.records import Record, load_image
+from datamodules.records import MAX_IMAGE_PIXELS, Record, load_image
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ class ClipDataset(Dataset):
     tokenizer: list[str] -> LongTensor [n, L] (the model's tokenizer).
     negatives: hard-negative generators, each `__call__(record, image, rng) -> list[Negative]`.
     seed: base seed; each (generator, record) gets an RNG seeded by (seed, generator key, record id).
+    max_pixels: images above this size are not decoded (checked on the header); like unreadable images they are
+        skipped: logged with the record id, counted in the batch (`bad_ids`, logged as `train/bad_samples`), and
+        replaced by the next record's sample (at most `max_substitutes` in a row).
     """
 
     def __init__(
@@ -32,6 +36,8 @@ class ClipDataset(Dataset):
         *,
         negatives: Sequence[Any] = (),
         seed: int = 0,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        max_substitutes: int = 16,
     ) -> None:
         bad = [r.id for r in records if r.image is None or not r.caption]
         if bad:
@@ -43,17 +49,32 @@ class ClipDataset(Dataset):
         self.tokenizer = tokenizer
         self.negatives = list(negatives)
         self.seed = seed
+        self.max_pixels = max_pixels
+        self.max_substitutes = max_substitutes
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load(self, i: int) -> tuple[Record, Image.Image, list[str]]:
+        """Record i and its image; an unreadable or over-limit image is logged with its record, counted, and
+        replaced by the next record's (so batches keep their size across ranks)."""
+        bad: list[str] = []
+        for attempt in range(min(self.max_substitutes, len(self.records) - 1) + 1):
+            rec = self.records[(i + attempt) % len(self.records)]
+            try:
+                return rec, load_image(rec.image, max_pixels=self.max_pixels), bad
+            except (OSError, ValueError) as e:
+                log.warning("record %s: image %r skipped: %s", rec.id, rec.image, e)
+                bad.append(rec.id)
+        raise RuntimeError(
+            f"records {bad[0]} .. {bad[-1]}: {len(bad)} unreadable images in a row; is data.source pointing at "
+            "the right folder?"
+        )
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        rec = self.records[i]
-        try:
-            image = load_image(rec.image)
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"record {rec.id}: cannot load image {rec.image!r}: {e}") from e
+        rec, image, bad = self._load(i)
         sample: dict[str, Any] = {
+            "bad_ids": bad,
             "id": rec.id,
             "image_key": rec.image_key,
             "image": self.image_transform(image),
@@ -100,6 +121,7 @@ class Batch:
     ids_B: list[str] = field(default_factory=list)
     image_keys_B: list[str] = field(default_factory=list)
     gen_stats: dict[str, int] = field(default_factory=dict)
+    bad_ids: list[str] = field(default_factory=list)  # records whose image could not be used (replaced)
 
     @property
     def num_pos(self) -> int:
@@ -141,6 +163,7 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         ids_B=[s["id"] for s in samples],
         image_keys_B=[s["image_key"] for s in samples],
         gen_stats=stats,
+        bad_ids=[b for s in samples for b in s.get("bad_ids", ())],
     )
 
 

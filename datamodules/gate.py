@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 
+from datamodules.atomic import atomic_write_text
 from lightning_modules.inference import ClipScorer
 from lightning_modules.model_factory import ModelSpec
 
@@ -155,8 +156,8 @@ class Gate:
             "tar_at_threshold": float((matched >= thr).float().mean()),
             "num_pairs": n,
         }
-        (out_dir / "gate_stats.json").write_text(json.dumps(stats, indent=2))
-        (out_dir / "calibration.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(out_dir / "gate_stats.json", json.dumps(stats, indent=2))
+        atomic_write_text(out_dir / "calibration.json", json.dumps(result, indent=2))
         self._plot(out_dir / "gate_histogram.png", norm, matched, mism, thr)
         log.info(
             "gate calibrated: threshold %.3f gives FAR %.3f, TAR %.3f",

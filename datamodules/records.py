@@ -75,14 +75,24 @@ class Negative:
     pair: int | None = None
 
 
-def load_image(image: str | bytes | ImageRef | Path) -> Image.Image:
-    """Opens any supported image reference as RGB. Raises ValueError/OSError with the offending reference."""
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    if isinstance(image, bytes):
-        with Image.open(io.BytesIO(image)) as im:
-            return im.convert("RGB")
+MAX_IMAGE_PIXELS = 50_000_000  # the training-time default of `load_image(max_pixels=...)`
+
+
+def load_image(image: str | bytes | ImageRef | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Opens any supported image reference as RGB. Raises ValueError/OSError naming the offending reference.
+
+    max_pixels: refuse images larger than this (checked on the header, before any pixel is decoded); also turns
+    PIL's decompression-bomb error into a ValueError that names the file."""
+    name = str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"
     if isinstance(image, ImageRef):
         return image.load().convert("RGB")
-    raise ValueError(f"cannot load image from {type(image).__name__}")
+    if not isinstance(image, (str, Path, bytes)):
+        raise ValueError(f"cannot load image from {type(image).__name__}")
+    try:
+        with Image.open(image if not isinstance(image, bytes) else io.BytesIO(image)) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ValueError(f"image {name}: {w}x{h} = {w * h} pixels exceeds the limit {max_pixels}")
+            return im.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {name}: refused as a decompression bomb ({e})") from None

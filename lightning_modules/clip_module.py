@@ -67,6 +67,7 @@ class ClipModule(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
+        self._bad_samples = 0
         self.save_hyperparameters({"run_config": run_config or {}, "max_logit_scale": max_logit_scale})
         self.model_spec = model_spec
         self.model: nn.Module | None = None
@@ -131,6 +132,10 @@ class ClipModule(L.LightningModule):
         log["train/logit_scale"] = x.logit_scale.detach()
         log["train/num_txt_neg"] = float(batch.texts_YL.shape[0] - b)
         log["train/num_img_neg"] = float(batch.images_XCHW.shape[0] - b)
+        self._bad_samples += len(batch.bad_ids)
+        log["train/bad_samples"] = float(
+            self._bad_samples
+        )  # cumulative on this rank: unreadable images replaced
         self.log_dict(log, prog_bar=False, batch_size=b)
         self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
         self._accumulate_diag("train", x)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from datamodules.atomic import atomic_write_text
 from lightning_modules.inference import load_checkpoint
 
 
@@ -30,7 +31,7 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
         "model_cfg": spec.config,
         "source_checkpoint": str(ckpt_path),
     }
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
     return out
 
 

@@ -74,19 +74,76 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# open_clip.create_model keyword arguments a checkpoint may carry: they shape the architecture only. Anything else
+# (weights_only, pretrained_image_path, pretrained_hf, cache_dir, ...) could load files or run code and is refused.
+ARCHITECTURE_KWARGS = frozenset({"force_image_size", "force_patch_dropout", "force_custom_text"})
+
+
+def spec_from_checkpoint_config(model_cfg: dict, path: str | Path = "<checkpoint>") -> ModelSpec:
+    """The ModelSpec of a checkpoint's saved `model` config, rebuilt from an allow-list of architecture fields.
+
+    A checkpoint's config is data, never instantiated (`_target_` would be code), and no field may make open_clip
+    read another file: the weights all come from the checkpoint (pretrained=None, no cache_dir), and
+    `model_kwargs` is limited to ARCHITECTURE_KWARGS. A refused field is named in the error."""
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"ckpt_path: '{path}': model config is not a mapping")
+    name = model_cfg.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"ckpt_path: '{path}': model.name must be a string, got {name!r}")
+    kwargs = model_cfg.get("model_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"ckpt_path: '{path}': model.model_kwargs must be a mapping")
+    refused = sorted(set(kwargs) - ARCHITECTURE_KWARGS)
+    if refused:
+        raise ValueError(
+            f"ckpt_path: '{path}': refusing model.model_kwargs.{refused[0]} (allowed in a checkpoint: "
+            f"{sorted(ARCHITECTURE_KWARGS)}); a checkpoint may not make open_clip load other files"
+        )
+    config_file = model_cfg.get("config_file")
+    if config_file is not None and not str(config_file).endswith(".json"):
+        raise ValueError(
+            f"ckpt_path: '{path}': model.config_file must be an open_clip JSON config, got {config_file!r}"
+        )
+    quick_gelu = model_cfg.get("quick_gelu", "auto")
+    if quick_gelu not in ("auto", True, False):
+        raise ValueError(f"ckpt_path: '{path}': model.quick_gelu must be auto/true/false, got {quick_gelu!r}")
+    # Resolve 'auto' against the name/tag the weights were trained with, then build at random init.
+    trained = ModelSpec(
+        name=name,
+        pretrained=model_cfg.get("pretrained"),
+        quick_gelu=quick_gelu,
+        config_file=config_file,
+        model_kwargs=dict(kwargs),
+    )
+    return replace(trained, pretrained=None, cache_dir=None, quick_gelu=trained.force_quick_gelu)
+
+
+def read_checkpoint(path: Path, key: str) -> dict:
+    """torch.load with weights_only=True and an error that names the config key and the file (an empty, truncated
+    or foreign file would otherwise surface as EOFError or torch's advice to set weights_only=False)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        size = path.stat().st_size
+        raise ValueError(
+            f"{key}: '{path}' ({size} bytes) is not a readable train.py checkpoint (empty, truncated, or not a "
+            f"weights-only torch file): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{key}: '{path}' holds a {type(ckpt).__name__}, not a train.py checkpoint")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelSpec, dict]:
     """Rebuilds the open_clip model of a train.py checkpoint. Returns (model in eval mode, spec, run config)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path: checkpoint not found: '{path}'")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path, "ckpt_path")
     run_cfg = (ckpt.get("hyper_parameters") or {}).get("run_config")
     if not run_cfg or "model" not in run_cfg:
         raise ValueError(f"ckpt_path: '{path}' has no saved run config; was it written by train.py?")
-    # Built directly, not through `instantiate`: a checkpoint's config is data, and `_target_` would be code.
-    spec = ModelSpec(**{k: v for k, v in run_cfg["model"].items() if not k.startswith("_")})
-    # The checkpoint holds all weights: build at random init, keeping the activation the weights were trained with.
-    spec = replace(spec, pretrained=None, quick_gelu=spec.force_quick_gelu)
+    spec = spec_from_checkpoint_config(run_cfg["model"], path)
     model = spec.build()
     model.load_state_dict(checkpoint_model_state(ckpt), strict=True)
     return model.eval(), spec, run_cfg

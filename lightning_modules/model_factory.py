@@ -124,7 +124,9 @@ def load_init_weights(model: torch.nn.Module, path: str | Path) -> None:
 
         state = load_file(str(path))
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        from lightning_modules.inference import read_checkpoint
+
+        ckpt = read_checkpoint(path, "module.init_from")
         if "state_dict" not in ckpt:
             raise ValueError(
                 f"module.init_from: '{path}' has no 'state_dict'; expected a train.py checkpoint"

@@ -17,6 +17,7 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.atomic import atomic_write_text
 from datamodules.benchmarks.runner import instantiate_benchmarks, markdown_table, run_benchmarks
 from datamodules.datamodule import ClipDataModule
 from lightning_modules.clip_module import ClipModule
@@ -99,13 +100,23 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(run_cfg)
 
-    trainer.fit(module, datamodule=datamodule)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path: checkpoint to resume from not found: '{cfg.ckpt_path}'")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=False)  # final weights (+ optimizer state)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if cfg.run_test:
+    # metrics.json after each stage: a later stage that fails (test, benchmarks) does not lose the fit's numbers
+    write_metrics = trainer.is_global_zero
+    if write_metrics:
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    if cfg.run_test and not datamodule.source.records("test"):
+        log.warning("run_test: data.source has no test split; Trainer.test skipped")
+    elif cfg.run_test:
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if write_metrics:
+            atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
 
     if cfg.evaluate_after and trainer.is_global_zero:
         device = resolve_device(cfg.eval_device)
@@ -125,7 +136,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             lg.log_metrics({f"eval/{k}": v for k, v in report["results"].items()}, step=trainer.global_step)
 
     if trainer.is_global_zero:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         keys = ("val/r_mean", "val/i2t_r1", "val/t2i_r1", "test/i2t_r1", "test/t2i_r1")
         print("final: " + ", ".join(f"{k}={metrics[k]:.2f}" for k in keys if k in metrics))
         print(f"run dir: {out_dir}")

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 
 def run_if(*, min_cuda_gpus: int = 0):
@@ -20,3 +24,14 @@ def run_if(*, min_cuda_gpus: int = 0):
         return fn
 
     return wrap
+
+
+class KillAtStep(Callback):
+    """A Lightning callback that SIGKILLs its own process after training step `step` (a crash, for resume tests)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -270,3 +270,23 @@ def test_relational_diagnostics_are_logged_and_init_from_loads_weights(cfg_facto
         ClipModule(
             ModelSpec(name="tiny-rn"), torch.nn.Identity(), None, init_from=str(ckpt)
         ).configure_model()
+
+
+def test_a_source_without_test_split_skips_test_and_still_writes_metrics(
+    cfg_factory, pairs_manifest, tmp_path
+):
+    metrics = train(
+        cfg_factory(
+            "data=pairs",
+            f"data.source.train_path={pairs_manifest}",
+            "data.source.val_fraction=0.3",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "debug=fdr",
+            "benchmark=[]",
+            tiny=False,
+        )
+    )
+    assert not any(k.startswith("test/") for k in metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)

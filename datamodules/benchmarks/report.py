@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from datamodules.atomic import atomic_write_text
+
 
 def markdown_table(results: dict[str, float], chance: dict[str, float], counts: dict[str, int]) -> str:
     lines = ["| benchmark | subset | metric | score (%) | chance (%) | n |", "|---|---|---|---:|---:|---:|"]
@@ -52,7 +54,7 @@ def write_tables(
     notes: dict[str, str],
 ) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     with (out_dir / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["benchmark", "subset", "metric", "score", "chance", "n"])
@@ -73,7 +75,7 @@ def write_tables(
         md += "\n\nNotes:\n" + "\n".join(f"- {k}: {v}" for k, v in notes.items())
     if errors:
         md += "\n\nSkipped benchmarks:\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items())
-    (out_dir / "results.md").write_text(md + "\n")
+    atomic_write_text(out_dir / "results.md", md + "\n")
     return md
 
 
@@ -139,5 +141,5 @@ def failures_html(
         parts.append("</table>")
     parts.append("</body></html>")
     path = out_dir / "failures.html"
-    path.write_text("\n".join(parts))
+    atomic_write_text(path, "\n".join(parts))
     return path

@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from datamodules.atomic import atomic_write_text
 from datamodules.benchmarks.base import Benchmark
 from datamodules.benchmarks.report import (
     bar_plots,
@@ -113,7 +114,7 @@ def compare_models(
         model.cpu()
     if len(models) > 1:
         table = comparison_table(per_model, chance)
-        (out_dir / "comparison.md").write_text(table + "\n")
+        atomic_write_text(out_dir / "comparison.md", table + "\n")
         bar_plots(out_dir, per_model, chance)
         print(table)
     return per_model

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from datamodules.cache import DiskCache, cache_key, owns
+from datamodules.cache import DiskCache, cache_key, model_fingerprint, owns
 from datamodules.lexicon import COLORS, NUMBERS, POSITION_PAIRS, SIZES, VERB_GROUPS
 from datamodules.negatives.base import NegativeGenerator
 from datamodules.records import Negative, Record
@@ -186,8 +186,7 @@ class LLMRewriter(NegativeGenerator):
         return cache_key(
             generator=self.name,
             version=self.version,
-            model=self.model_id,
-            revision=self.revision,
+            **model_fingerprint(self.model_id, self.revision),
             template=self.templates[kind],
             kind=kind,
             decoding=self.decoding,

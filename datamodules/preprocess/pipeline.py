@@ -16,6 +16,7 @@ The run proves that every input record is accounted for: output + dropped == inp
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -27,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from datamodules.atomic import atomic_open, atomic_write_text
 from datamodules.gate import Gate
 from datamodules.preprocess.stages.base import Item, Stage, StageContext, normalize_text
 from datamodules.records import ImageRef, Record, load_image
@@ -40,6 +42,13 @@ def _as_list(stages: Sequence[Stage] | dict[str, Stage] | None) -> list[Stage]:
     if isinstance(stages, dict) or hasattr(stages, "items"):
         return [s for s in stages.values() if s is not None]
     return [s for s in stages if s is not None]
+
+
+def image_file_name(record_id: str) -> str:
+    """A file name for a record's image: readable (the id, sanitised, shortened) and collision-free (a hash of the
+    exact id), so ids such as 'a/b', 'a_b' and 'a b' never share a file."""
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in record_id)[:80]
+    return f"{readable}-{hashlib.sha256(record_id.encode('utf-8')).hexdigest()[:12]}.png"
 
 
 class Preprocessor:
@@ -150,7 +159,16 @@ class Preprocessor:
         return out
 
     # -- the run --------------------------------------------------------------------------------------------------
-    def run(self, records: Sequence[Record], out_dir: str | Path, split: str = "train") -> dict[str, Any]:
+    def run(
+        self,
+        records: Sequence[Record],
+        out_dir: str | Path,
+        split: str = "train",
+        *,
+        skipped_by_source: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """Preprocesses one split into `out_dir`. skipped_by_source: rows the raw source could not turn into records
+        (reason -> count); they are listed in the split's reports beside what preprocessing dropped."""
         out_dir = Path(out_dir)
         ctx = StageContext(**self.ctx_args)
         timings: dict[str, float] = {}
@@ -206,8 +224,10 @@ class Preprocessor:
             raise AssertionError(
                 f"preprocess lost records: {counts['input']} in, {report['accounted']} accounted"
             )
+        if skipped_by_source:
+            report["skipped_by_source"] = dict(skipped_by_source)
         if self.rank == 0:
-            (out_dir / f"report_{split}.json").write_text(json.dumps(report, indent=2))
+            atomic_write_text(out_dir / f"report_{split}.json", json.dumps(report, indent=2))
             self._write_md(out_dir, split, report, history)
         return {"report": report, "kept": [it.record for it in kept], "all": [it.record for it in pairs]}
 
@@ -274,8 +294,8 @@ class Preprocessor:
     def _write(self, kept: list[Item], out_dir: Path, split: str) -> None:
         img_dir = out_dir / "images" / split
         img_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{split}.jsonl.tmp"
-        with tmp.open("w", encoding="utf-8") as f:
+        names: dict[str, str] = {}  # file name -> record id: ids that differ must never share a file
+        with atomic_open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for it in kept:
                 r = it.record
                 if isinstance(r.image, (str, Path)) and not any(
@@ -283,10 +303,15 @@ class Preprocessor:
                 ):
                     image = str(Path(r.image).resolve())
                 else:  # in memory (generated, rendered, bytes from a shard): write it
-                    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in r.id)
-                    path = img_dir / f"{name}.png"
-                    (it.image if not isinstance(it.image, ImageRef) else it.image.load()).save(path)
-                    image = f"images/{split}/{path.name}"
+                    name = image_file_name(r.id)
+                    if names.setdefault(name, r.id) != r.id:
+                        raise ValueError(
+                            f"preprocess: records {names[name]!r} and {r.id!r} map to one image file {name!r}"
+                        )
+                    pixels = it.image if not isinstance(it.image, ImageRef) else it.image.load()
+                    with atomic_open(img_dir / name, "wb") as img_f:
+                        pixels.save(img_f, format="PNG")
+                    image = f"images/{split}/{name}"
                 row = {
                     "id": r.id,
                     "image": image,
@@ -296,7 +321,6 @@ class Preprocessor:
                     "gate_scores": r.gate_scores,
                 }
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        tmp.replace(out_dir / f"{split}.jsonl")
 
     def _write_md(self, out_dir: Path, split: str, report: dict, history: list[float]) -> None:
         lines = [
@@ -312,10 +336,12 @@ class Preprocessor:
                 lines.append(f"| {k} | {v} |")
         for k, v in sorted(report["dropped"].items()):
             lines.append(f"| dropped: {k} | {v} |")
+        for k, v in sorted(report.get("skipped_by_source", {}).items()):
+            lines.append(f"| skipped by the raw source: {k} | {v} |")
         lines += ["", "| stage | seconds | model calls |", "|---|---:|---:|"] + [
             f"| {k} | {v:.2f} | {report['model_calls'].get(k, '')} |" for k, v in report["timings_s"].items()
         ]
-        (out_dir / f"report_{split}.md").write_text("\n".join(lines) + "\n")
+        atomic_write_text(out_dir / f"report_{split}.md", "\n".join(lines) + "\n")
         if history and self.gate is not None:
             import matplotlib
 

@@ -14,12 +14,16 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from datamodules.atomic import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +111,7 @@ def calibrate(cfg: DictConfig, raw, gate, out: Path, pre) -> dict:
     gate.threshold = res["suggested_threshold"] if user is None else float(user)
     res["used_threshold"] = gate.threshold
     res["split"] = split
-    (out / "calibration.json").write_text(json.dumps(res, indent=2, default=str))
+    atomic_write_text(out / "calibration.json", json.dumps(res, indent=2, default=str))
     return res
 
 
@@ -145,19 +149,24 @@ def build(cfg: DictConfig, *, rank: int = 0, world_size: int = 1, barrier=None):
     return raw, gate, pre
 
 
-def run_preprocess(cfg: DictConfig, out: Path | None = None, *, calibrate_only: bool = False) -> dict:
+def run_preprocess(
+    cfg: DictConfig, out: Path | None = None, *, calibrate_only: bool = False, distributed: bool = True
+) -> dict:
     """Runs the whole preprocessing config into `out` (default: `clean_dir(cfg)`); returns the reports. The caller's
     torch RNG state is left untouched (a training run gets the same model init whether or not it had to build its
-    manifest first)."""
+    manifest first). distributed=False: this process does all the work even inside a process group (Lightning's
+    `prepare_data` runs on one rank only)."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
-        return _run_preprocess(cfg, out, calibrate_only=calibrate_only)
+        return _run_preprocess(cfg, out, calibrate_only=calibrate_only, distributed=distributed)
 
 
-def _run_preprocess(cfg: DictConfig, out: Path | None, *, calibrate_only: bool) -> dict:
+def _run_preprocess(
+    cfg: DictConfig, out: Path | None, *, calibrate_only: bool, distributed: bool = True
+) -> dict:
     out = out or clean_dir(cfg)
-    rank, world, barrier = dist_info()
+    rank, world, barrier = dist_info() if distributed else (0, 1, None)
     out.mkdir(parents=True, exist_ok=True)
     raw, gate, pre = build(cfg, rank=rank, world_size=world, barrier=barrier)
     reports: dict[str, Any] = {}
@@ -169,27 +178,29 @@ def _run_preprocess(cfg: DictConfig, out: Path | None, *, calibrate_only: bool) 
     for split in cfg.splits:
         records = raw.records(split)
         skipped = (getattr(raw, "skipped", None) or {}).get(split)
-        rep = pre.run(records, out, split)["report"]
-        if skipped:
-            rep["skipped_by_source"] = dict(skipped)  # rows the reader could not turn into records
-        reports[split] = rep
+        # rows the reader could not turn into records go into the split's reports too
+        reports[split] = pre.run(records, out, split, skipped_by_source=dict(skipped or {}))["report"]
     if rank == 0:
         meta = {
-            "fingerprint": out.name,
+            "fingerprint": clean_dir(cfg).name,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "seconds": round(time.perf_counter() - t0, 2),
             "reports": {k: v for k, v in reports.items()},
         }
-        (out / "preprocess.json").write_text(json.dumps(meta, indent=2, default=str))
-        (out / "DONE").write_text(out.name + "\n")
+        atomic_write_text(out / "preprocess.json", json.dumps(meta, indent=2, default=str))
+        atomic_write_text(out / "DONE", clean_dir(cfg).name + "\n")
     if barrier is not None:
         barrier()
     return reports
 
 
 def ensure_clean(cfg: DictConfig) -> Path:
-    """The clean manifest folder for `cfg`: reused when up to date, rebuilt when missing or stale. Non-zero ranks
-    of a launcher that starts all ranks at once (torchrun) wait for rank 0's `DONE` marker."""
+    """The clean manifest folder for `cfg`: reused when up to date, rebuilt when missing or stale.
+
+    One lock per fingerprint folder: concurrent runs (two trainings of one config, several seeds at once) take it
+    in turn and the later ones reuse the first one's result. The build goes to a private folder renamed into place
+    when complete, so no reader ever sees a half-written manifest or an image being rewritten. Non-zero ranks of a
+    launcher that starts all ranks at once (torchrun) wait for rank 0's `DONE` marker."""
     out = clean_dir(cfg)
     if (out / "DONE").is_file():
         log.info("clean manifest up to date: %s", out)
@@ -202,7 +213,19 @@ def ensure_clean(cfg: DictConfig) -> Path:
                 raise TimeoutError(f"rank {rank}: rank 0 did not finish preprocessing into {out}")
             time.sleep(2)
         return out
-    log.info("clean manifest missing or stale: preprocessing into %s", out)
-    print(f"preprocessing raw data into {out} (missing or stale) ...", flush=True)
-    run_preprocess(cfg, out)
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if (out / "DONE").is_file():
+            log.info("clean manifest built by a concurrent run: %s", out)
+            return out
+        log.info("clean manifest missing or stale: preprocessing into %s", out)
+        print(f"preprocessing raw data into {out} (missing or stale) ...", flush=True)
+        build = out.parent / f".{out.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            run_preprocess(cfg, build, distributed=False)
+            if out.exists():  # an incomplete folder of a killed run (no DONE): replaced
+                shutil.rmtree(out)
+            os.replace(build, out)
+        finally:
+            if build.exists():
+                shutil.rmtree(build, ignore_errors=True)
     return out

@@ -34,13 +34,18 @@ class CocoCaptionsSource(RawSource):
             raise ValueError(f"raw.annotations: '{self.annotations}' lacks 'images' / 'annotations'")
         files = {}
         for im in data["images"]:
-            if not isinstance(im, dict) or "id" not in im or not im.get("file_name"):
-                skipped["bad_image_entry"] += 1
+            if (
+                not isinstance(im, dict)
+                or not isinstance(im.get("id"), (int, str))
+                or not isinstance(im.get("file_name"), str)
+                or not im["file_name"]
+            ):
+                skipped["bad_image_entry"] += 1  # missing or non-scalar id / file_name
                 continue
             files[im["id"]] = str(self.image_root / im["file_name"])
         out, used = [], set()
         for a in data["annotations"]:
-            if not isinstance(a, dict) or "image_id" not in a:
+            if not isinstance(a, dict) or not isinstance(a.get("image_id"), (int, str)):
                 skipped["bad_annotation"] += 1
                 continue
             if a["image_id"] not in files:

@@ -76,8 +76,17 @@ class PairsSource(Source):
         if path.suffix.lower() == ".csv":
             # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is skipped (and counted),
             # not the whole file
-            with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-                for i, row in enumerate(csv.DictReader(f)):
+            # utf-8-sig: a byte-order mark would otherwise rename the first column
+            with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+                reader = csv.DictReader(f)
+                image_key, caption_key, _ = self.keys
+                cols = reader.fieldnames or []
+                if image_key not in cols and caption_key not in cols:
+                    raise ValueError(
+                        f"{path}: CSV header has columns {cols}; expected '{image_key}' and '{caption_key}' (set "
+                        "image_key / caption_key to the file's names)"
+                    )
+                for i, row in enumerate(reader, start=2):  # line numbers: the header is line 1
                     try:
                         for v in row.values():
                             if isinstance(v, str):
@@ -88,15 +97,21 @@ class PairsSource(Source):
                     yield i, row, None
             return
         with path.open("rb") as f:
-            for i, raw in enumerate(f):
+            for i, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
                 try:
-                    yield i, json.loads(raw.decode("utf-8")), None
+                    row = json.loads(raw.decode("utf-8-sig"))
                 except UnicodeDecodeError:
                     yield i, None, "invalid_utf8"
+                    continue
                 except json.JSONDecodeError:
                     yield i, None, "bad_json_line"
+                    continue
+                if not isinstance(row, dict):
+                    yield i, None, "not_an_object"
+                    continue
+                yield i, row, None
 
     def records(self, split: str) -> list[Record]:
         if split not in SPLITS:
@@ -121,9 +136,18 @@ class PairsSource(Source):
         out: list[Record] = []
         seen: set[str] = set()
         skipped = self.skipped[split]
+        lines: dict[str, list[int]] = {}  # first few line numbers per skip reason, for the warning
+
+        def skip(reason: str, line: int) -> None:
+            skipped[reason] += 1
+            if len(lines.setdefault(reason, [])) < 5:
+                lines[reason].append(line)
+
+        n_rows = 0
         for i, row, err in self._rows(path):
+            n_rows += 1
             if err:
-                skipped[err] += 1
+                skip(err, i)
                 continue
             image, caption = row.get(image_key), row.get(caption_key)
             has_caption = isinstance(caption, str) and bool(caption.strip())
@@ -134,20 +158,20 @@ class PairsSource(Source):
             elif self.allow_lone and has_caption and not has_image:
                 kind, image = "lone_text", None
             elif not has_caption:
-                skipped["empty_caption"] += 1
+                skip("empty_caption", i)
                 continue
             elif not has_image:
-                skipped["missing_image_field"] += 1
+                skip("missing_image_field", i)
                 continue
             img_path = None
             if image is not None:
                 img_path = Path(image) if Path(image).is_absolute() else root / image
                 if self.check_images and not img_path.is_file():
-                    skipped["image_not_found"] += 1
+                    skip("image_not_found", i)
                     continue
             rid = str(row.get(id_key) or f"{path.stem}-{i}")
             if rid in seen:
-                skipped["duplicate_id"] += 1
+                skip("duplicate_id", i)
                 continue
             seen.add(rid)
             out.append(
@@ -159,7 +183,18 @@ class PairsSource(Source):
                 )
             )
         if skipped:
-            log.warning("%s: skipped %d rows of %s: %s", split, sum(skipped.values()), path, dict(skipped))
+            log.warning(
+                "%s: skipped %d rows of %s: %s (first lines: %s)",
+                split,
+                sum(skipped.values()),
+                path,
+                dict(skipped),
+                lines,
+            )
+        if n_rows and not out:
+            raise ValueError(
+                f"{path}: none of its {n_rows} rows is usable: {dict(skipped)} (first lines: {lines})"
+            )
         return out
 
     def describe(self) -> dict:

@@ -94,3 +94,60 @@ def test_short_entries_are_corrupt(tmp_path, bad):
     c.path(k).parent.mkdir(parents=True, exist_ok=True)
     c.path(k).write_bytes(bad)
     assert c.get(k) is None and c.stats["corrupt"] == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},
+        {"steps": 21},
+        {"guidance_scale": 7.0},
+        {"image_guidance_scale": 1.0},
+        {"strength": 0.5},
+        {"prompt": "make it {target}"},
+        {"size": 256},
+        {"model": "org/other-model"},
+    ],
+)
+def test_diffusion_editor_cache_identity_covers_every_generation_parameter(change, tmp_path):
+    from datamodules.negatives.editors.diffusion import DiffusersEditor
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "unet.bin").write_bytes(b"1")
+    base = dict(model=str(tmp_path / "weights"), device="cpu")
+    assert DiffusersEditor(**base).identity() != DiffusersEditor(**{**base, **change}).identity()
+    hub = dict(model="org/editor", device="cpu")  # a hub id: its revision is part of the identity
+    assert DiffusersEditor(**hub).identity() != DiffusersEditor(**hub, revision="abc").identity()
+
+
+def test_model_backed_cache_keys_follow_the_weight_files(tmp_path):
+    """New weights in the same folder (or another revision) must not serve stale cached outputs."""
+    import os
+
+    from datamodules.negatives.editors.diffusion import DiffusersEditor
+    from datamodules.negatives.llm_rewriter import LLMRewriter
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"old")
+    editor_before = DiffusersEditor(model=str(weights), device="cpu").identity()
+    llm = LLMRewriter(model=str(weights), cache_dir=str(tmp_path / "c"), device="cpu")
+    llm_before = llm.key("a red cube", "color")
+    (weights / "model.safetensors").write_bytes(b"new weights")
+    os.utime(weights / "model.safetensors", ns=(1, 1))
+    assert DiffusersEditor(model=str(weights), device="cpu").identity() != editor_before
+    assert llm.key("a red cube", "color") != llm_before
+    hub = LLMRewriter(model="org/lm", cache_dir=str(tmp_path / "c"), device="cpu")
+    other = LLMRewriter(model="org/lm", revision="v2", cache_dir=str(tmp_path / "c"), device="cpu")
+    decoding = LLMRewriter(model="org/lm", temperature=0.7, cache_dir=str(tmp_path / "c"), device="cpu")
+    keys = {g.key("a red cube", "color") for g in (hub, other, decoding)}
+    assert len(keys) == 3
+
+
+def test_temp_files_of_killed_writers_are_removed_when_the_cache_opens(tmp_path):
+    cache = DiskCache(tmp_path, "ns")
+    cache.put("ab" + "0" * 62, b"payload")
+    stray = cache.path("ab" + "1" * 62).parent / f".{'ab' + '1' * 62}.{2**22 + 7}.deadbeef.tmp"  # dead pid
+    stray.write_bytes(b"half a write")
+    DiskCache(tmp_path, "ns")
+    assert not stray.exists() and cache.get("ab" + "0" * 62) == b"payload"

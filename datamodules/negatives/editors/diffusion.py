@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from datamodules.cache import model_fingerprint
 from datamodules.diffusers_util import accepted_kwargs, check_pipeline_class, device_dtype, load_pipeline
 from datamodules.negatives.editors.base import ImageEditor
 from datamodules.records import Record
@@ -67,10 +68,11 @@ class DiffusersEditor(ImageEditor):
         return {
             "editor": "diffusers",
             "pipeline": self.pipeline_name,
-            "model": self.model,
-            "revision": self.revision,
+            **model_fingerprint(self.model, self.revision),
             "prompt": self.prompt,
             "size": self.size,
+            "seed": self.seed,
+            "dtype": str(self.dtype),
             **self.params,
         }
 
