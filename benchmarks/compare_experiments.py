@@ -18,15 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SWAP_REPLACE = [
-    "replace_color",
-    "replace_shape",
-    "replace_size",
-    "replace_relation",
-    "swap_attributes",
-    "swap_objects",
-]
-COLUMNS = SWAP_REPLACE + ["count", "negation"]
+sys.path.insert(0, str(ROOT))
+from datamodules.world.claims import CATEGORIES  # noqa: E402
+
+COLUMNS = list(CATEGORIES)  # the synthetic benchmark's categories
+SWAP_REPLACE = [c for c in COLUMNS if c.startswith(("replace_", "swap_"))]
 
 
 def train_run(run_dir: Path, overrides: list[str], log_path: Path) -> float | None:

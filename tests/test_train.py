@@ -175,17 +175,7 @@ def test_every_experiment_runs_fast_dev_run(cfg_factory, experiment, tmp_path):
 def test_experiment_on_real_jsonl_source(cfg_factory, pairs_manifest):
     metrics = train(
         cfg_factory(
-            "experiment=compositional_text",
-            "data=pairs",
-            f"data.source.train_path={pairs_manifest}",
-            "data.source.val_fraction=0.3",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "data.persistent_workers=false",
-            "debug=fdr",
-            "benchmark=[]",
-            "run_test=false",
-            tiny=False,
+            "experiment=compositional_text", *_pairs_overrides(pairs_manifest), "run_test=false", tiny=False
         )
     )
     assert metrics["train/hardneg_text_count"] > 0
@@ -272,21 +262,23 @@ def test_relational_diagnostics_are_logged_and_init_from_loads_weights(cfg_facto
         ).configure_model()
 
 
+def _pairs_overrides(manifest) -> list[str]:
+    """A tiny data=pairs run (the conftest manifest), one batch."""
+    return [
+        "data=pairs",
+        f"data.source.train_path={manifest}",
+        "data.source.val_fraction=0.3",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "debug=fdr",
+        "benchmark=[]",
+    ]
+
+
 def test_a_source_without_test_split_skips_test_and_still_writes_metrics(
     cfg_factory, pairs_manifest, tmp_path
 ):
-    metrics = train(
-        cfg_factory(
-            "data=pairs",
-            f"data.source.train_path={pairs_manifest}",
-            "data.source.val_fraction=0.3",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "data.persistent_workers=false",
-            "debug=fdr",
-            "benchmark=[]",
-            tiny=False,
-        )
-    )
+    metrics = train(cfg_factory(*_pairs_overrides(pairs_manifest), tiny=False))
     assert not any(k.startswith("test/") for k in metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)

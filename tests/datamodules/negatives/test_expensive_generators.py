@@ -157,3 +157,16 @@ def test_img2img_pipeline_through_the_same_editor(tmp_path):
     a = editor.edit(src, None, "a red circle", "a blue circle", random.Random(0))
     b = editor.edit(src, None, "a red circle", "a blue circle", random.Random(1))
     assert a.size == (48, 48) and a.tobytes() == b.tobytes()  # seeded per edit, not by the caller's RNG
+
+
+def test_llm_rewriter_counts_a_heldout_rewrite_as_heldout_not_ok(tmp_path):
+    """A valid rewrite that names a held-out composition is dropped by the leak filter and counted as such."""
+    from datamodules.negatives.llm_rewriter import LLMRewriter
+
+    gen = LLMRewriter(model="org/lm", kinds=["color"], cache_dir=str(tmp_path), fill="skip", device="cpu")
+    gen.bind(key="llm_rewriter", leak_filter=lambda text: "purple" in text)
+    rec = Record(id="r", image=None, caption="a red cube")
+    gen.cache.put_json(gen.key(rec.caption, "color"), "a purple cube")
+    assert gen(rec, Image.new("RGB", (8, 8)), random.Random(0)) == []
+    stats = gen.pop_stats()
+    assert stats["llm_rewriter/rejected_heldout"] == 1 and "llm_rewriter/rejected_ok" not in stats

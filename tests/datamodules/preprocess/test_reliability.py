@@ -69,3 +69,13 @@ def test_two_concurrent_runs_on_one_fingerprint_folder_both_succeed(tmp_path):
     folders = [p for p in out.iterdir() if p.is_dir()]
     assert len(folders) == 1 and (folders[0] / "DONE").is_file()  # no build folder left behind
     assert len((folders[0] / "train.jsonl").read_text().splitlines()) > 0
+
+
+def test_rows_the_raw_source_skipped_appear_in_the_split_reports(tmp_path):
+    recs = [Record("a", _png("red"), "a red square")]
+    Preprocessor(None, []).run(
+        recs, tmp_path, "train", skipped_by_source={"bad_json_line": 3, "not_an_object": 1}
+    )
+    report = json.loads((tmp_path / "report_train.json").read_text())
+    assert report["skipped_by_source"] == {"bad_json_line": 3, "not_an_object": 1}
+    assert "| skipped by the raw source: bad_json_line | 3 |" in (tmp_path / "report_train.md").read_text()
