@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from datamodules.atomic import atomic_write_text
+from datamodules.atomic import atomic_open, atomic_write_text
 from lightning_modules.inference import ClipScorer
 from lightning_modules.model_factory import ModelSpec
 
@@ -183,5 +183,6 @@ class Gate:
             ax.set_title(name)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, dpi=100, format="png")
         plt.close(fig)

@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from datamodules.atomic import atomic_write_text
+from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from lightning_modules.inference import load_checkpoint
 
 
@@ -24,7 +24,7 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
     model, spec, run_cfg = load_checkpoint(ckpt_path)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out))
+    atomic_write_bytes(out, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
     meta = {
         "name": spec.name,
         "quick_gelu": spec.force_quick_gelu,

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from datamodules.atomic import atomic_write_text
+from datamodules.atomic import atomic_open, atomic_write_text
 
 
 def markdown_table(results: dict[str, float], chance: dict[str, float], counts: dict[str, int]) -> str:
@@ -55,7 +55,7 @@ def write_tables(
 ) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
-    with (out_dir / "results.csv").open("w", newline="") as f:
+    with atomic_open(out_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["benchmark", "subset", "metric", "score", "chance", "n"])
         for key, value in results.items():
@@ -103,7 +103,8 @@ def bar_plots(out_dir: Path, per_model: dict[str, dict[str, float]], chance: dic
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / f"plot_{bench}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
         plt.close(fig)
         paths.append(path)
     return paths

@@ -353,5 +353,6 @@ class Preprocessor:
             ax.axvline(self.gate.threshold, color="black", linestyle="--")
             ax.set_title(f"gate: combined score of {split} pairs (first pass)")
             fig.tight_layout()
-            fig.savefig(out_dir / f"gate_scores_{split}.png", dpi=100)
+            with atomic_open(out_dir / f"gate_scores_{split}.png", "wb") as f:
+                fig.savefig(f, dpi=100, format="png")
             plt.close(fig)
