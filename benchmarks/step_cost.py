@@ -1,7 +1,7 @@
 """Step cost of hard negatives and throughput of the cheap generators, measured side by side in one run.
 
     python benchmarks/step_cost.py                 # tiny-vit, batch 64, CPU
-    python benchmarks/step_cost.py --model ViT-B-32 --image-size 224 --device cuda --batch 256
+    python benchmarks/step_cost.py --model ViT-B-32 --image-size 224 --device cuda --batch 256 --precision bf16
 
 Part 1: one training step (one encode_image + one encode_text call, contrastive + hard-negative losses, backward,
 AdamW) with K extra captions and M extra images per sample, relative to the plain CLIP step at the same batch size.
@@ -12,6 +12,7 @@ Part 2: single-process (one core) throughput of each cheap generator on syntheti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -34,16 +35,26 @@ from lightning_modules.losses.hard_negative import HardNegativeImage, HardNegati
 from lightning_modules.model_factory import ModelSpec
 
 
-def step_fn(model, opt, loss_fn, b: int, k: int, m: int, size: int, ctx: int, device: str):
+def step_fn(
+    model, opt, loss_fn, b: int, k: int, m: int, size: int, ctx: int, device: str, precision: str = "fp32"
+):
     images = torch.randn(b * (1 + m), 3, size, size, device=device)
     texts = torch.randint(1, 49000, (b * (1 + k), ctx), device=device)
     texts[:, -1] = 49407  # EOT (argmax pooling)
     owner_t = torch.arange(b, device=device).repeat_interleave(k)
     owner_i = torch.arange(b, device=device).repeat_interleave(m)
 
+    autocast = (
+        (lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16))
+        if precision == "bf16"
+        else contextlib.nullcontext
+    )
+
     def step():
-        img = F.normalize(model.encode_image(images), dim=-1)
-        txt = F.normalize(model.encode_text(texts), dim=-1)
+        with autocast():  # bf16: encoders in bf16, features and losses in fp32 (as bf16-mixed training)
+            img = F.normalize(model.encode_image(images), dim=-1)
+            txt = F.normalize(model.encode_text(texts), dim=-1)
+        img, txt = img.float(), txt.float()
         x = LossInputs(
             img_BD=img[:b],
             txt_BD=txt[:b],
@@ -68,13 +79,15 @@ def step_fn(model, opt, loss_fn, b: int, k: int, m: int, size: int, ctx: int, de
 
 
 def bench_steps(args) -> dict:
-    spec = ModelSpec(name=args.model)
+    spec = ModelSpec(
+        name=args.model, model_kwargs={"force_image_size": args.image_size} if args.image_size else {}
+    )
     model = spec.build().to(args.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = LossSum(
         {"c": ContrastiveLoss(), "t": HardNegativeText(kinds=None), "i": HardNegativeImage(kinds=None)}
     )
-    size, ctx = spec.image_size, spec.config["text_cfg"]["context_length"]
+    size, ctx = args.image_size or spec.image_size, spec.config["text_cfg"]["context_length"]
     configs = {
         "baseline": (0, 0),
         "+1 caption": (1, 0),
@@ -84,7 +97,7 @@ def bench_steps(args) -> dict:
         "+1 caption +1 image": (1, 1),
     }
     steps = {
-        n: step_fn(model, opt, loss_fn, args.batch, k, m, size, ctx, args.device)
+        n: step_fn(model, opt, loss_fn, args.batch, k, m, size, ctx, args.device, args.precision)
         for n, (k, m) in configs.items()
     }
     for fn in steps.values():  # warm-up
@@ -119,7 +132,7 @@ def bench_generators(n: int) -> dict:
     render = n / (time.perf_counter() - t0)
     out["render positive image (baseline loader work)"] = {"items_per_s": render, "made": n}
     for name, g in gens.items():
-        g.vocabulary, g.leak_filter = src.vocabulary, src.leaks
+        g.bind(leak_filter=src.leaks, vocabulary=src.vocabulary)
         made = 0
         t0 = time.perf_counter()
         for r, im in zip(recs, images):
@@ -135,6 +148,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--image-size", type=int, default=None, help="default: the model's")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--gen-items", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/step_cost.json"))
     args = ap.parse_args()
@@ -147,7 +162,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     print(
-        f"step cost, {args.model}, batch {args.batch}, {args.device} (median of {args.repeats}, interleaved)"
+        f"step cost, {args.model}, batch {args.batch}, {args.device}, {args.precision} "
+        f"(median of {args.repeats}, interleaved)"
     )
     print("| configuration | step (ms) | × baseline |\n|---|---:|---:|")
     for n, r in res["steps"].items():

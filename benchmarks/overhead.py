@@ -1,0 +1,215 @@
+"""Framework overhead: the Lightning training step of this project vs a bare PyTorch/open_clip loop, same tensors.
+
+    python benchmarks/overhead.py                                   # tiny ViT, batch 64, CPU, fp32
+    python benchmarks/overhead.py --model ViT-B-32 --image-size 224 --batch 256 --device cuda --precision bf16-mixed
+
+Both sides train the same architecture from the same initial weights on the same pre-made batch (already on the
+device): encode all images in one call and all texts in one call, the contrastive loss (+ optional per-sample
+text hard negatives), backward, AdamW with the same parameter groups, logit-scale clamp. The framework side is
+`ClipModule` driven by `lightning.Trainer` (its logging, diagnostics, loops and hooks included; CSV logger every
+10 steps as in real runs; no validation, no checkpoints). The two are interleaved step by step in one process: a
+callback runs one bare step after each framework step, so drift and contention hit both alike. The framework's
+step time is the interval between consecutive `on_train_batch_start` calls minus the bare step run in between.
+Medians after warm-up; prints one JSON line and appends it to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from datamodules.dataset import Batch  # noqa: E402
+from lightning_modules.clip_module import ClipModule, param_groups  # noqa: E402
+from lightning_modules.losses.base import LossInputs, LossSum  # noqa: E402
+from lightning_modules.losses.contrastive import ContrastiveLoss  # noqa: E402
+from lightning_modules.losses.hard_negative import HardNegativeText  # noqa: E402
+from lightning_modules.model_factory import ModelSpec  # noqa: E402
+
+
+def make_batch(b: int, k: int, size: int, ctx: int, device: str) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    texts = torch.randint(1, 49000, (b * (1 + k), ctx), generator=g)
+    texts[:, -1] = 49407  # EOT: open_clip pools at the argmax token id
+    return Batch(
+        images_XCHW=torch.randn(b, 3, size, size, generator=g).to(device),
+        texts_YL=texts.to(device),
+        img_neg_owner_M=torch.zeros(0, dtype=torch.long, device=device),
+        img_neg_pair_M=torch.zeros(0, dtype=torch.long, device=device),
+        txt_neg_owner_N=torch.arange(b, device=device).repeat_interleave(k),
+        txt_neg_kind_N=["compositional/color"] * (b * k),
+        ids_B=[str(i) for i in range(b)],
+        image_keys_B=[str(i) for i in range(b)],
+    )
+
+
+def loss_terms(k: int) -> LossSum:
+    terms = {"contrastive": ContrastiveLoss()}
+    if k:
+        terms["hardneg_text"] = HardNegativeText(mode="per_sample")
+    return LossSum(terms)
+
+
+class Bare:
+    """The reference loop: the same work without Lightning."""
+
+    def __init__(
+        self, model, batch: Batch, k: int, precision: str, device: str, max_logit_scale: float
+    ) -> None:
+        self.model, self.batch, self.loss = model, batch, loss_terms(k)
+        self.opt = torch.optim.AdamW(param_groups(model, 0.1), lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
+        self.autocast = (
+            partial(torch.autocast, device_type=device, dtype=torch.bfloat16)
+            if precision == "bf16-mixed"
+            else contextlib.nullcontext
+        )
+        self.max_logit_scale = max_logit_scale
+        self.times: list[float] = []
+
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        b = self.batch.num_pos
+        with self.autocast():
+            img = F.normalize(self.model.encode_image(self.batch.images_XCHW), dim=-1)
+            txt = F.normalize(self.model.encode_text(self.batch.texts_YL), dim=-1)
+        x = LossInputs(
+            img_BD=img[:b],
+            txt_BD=txt[:b],
+            logit_scale=self.model.logit_scale.exp(),
+            img_neg_MD=img[b:],
+            txt_neg_ND=txt[b:],
+            img_neg_owner_M=self.batch.img_neg_owner_M,
+            img_neg_pair_M=self.batch.img_neg_pair_M,
+            txt_neg_owner_N=self.batch.txt_neg_owner_N,
+            txt_neg_kind=self.batch.txt_neg_kind_N,
+        )
+        total = sum(v for n, v in self.loss(x).items() if n.endswith("_loss"))
+        total.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, self.max_logit_scale)
+        if self.batch.images_XCHW.is_cuda:
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - t0)
+
+
+class Interleave(L.Callback):
+    """After each framework step, one bare step; records the framework's step intervals."""
+
+    def __init__(self, bare: Bare) -> None:
+        self.bare, self.starts, self.bare_in_between = bare, [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if torch.cuda.is_available() and batch.images_XCHW.is_cuda:
+            torch.cuda.synchronize()
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.bare.step()
+        self.bare_in_between.append(self.bare.times[-1])
+
+    def framework_times(self) -> list[float]:
+        return [(t1 - t0) - bare for t0, t1, bare in zip(self.starts, self.starts[1:], self.bare_in_between)]
+
+
+class Repeat(torch.utils.data.IterableDataset):
+    def __init__(self, batch: Batch, n: int) -> None:
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield self.batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-vit")
+    ap.add_argument("--image-size", type=int, default=None, help="default: the model's")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--hardneg", type=int, default=0, help="text hard negatives per sample (0 = contrastive only)"
+    )
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.jsonl")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    spec = ModelSpec(name=args.model)
+    size = args.image_size or spec.image_size
+    module = ClipModule(
+        spec,
+        loss_terms(args.hardneg),
+        partial(torch.optim.AdamW, lr=5e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6),
+        None,
+    )
+    module.configure_model()
+    bare_model = copy.deepcopy(module.model).to(args.device)
+    if args.compile:
+        module.model = torch.compile(module.model)
+        bare_model = torch.compile(bare_model)
+    ctx = spec.config["text_cfg"].get("context_length", 77)
+    batch = make_batch(args.batch, args.hardneg, size, ctx, args.device)
+    bare = Bare(bare_model, batch, args.hardneg, args.precision, args.device, module.max_logit_scale)
+    timer = Interleave(bare)
+    trainer = L.Trainer(
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        devices=1,
+        precision=args.precision,
+        max_steps=args.steps,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=L.pytorch.loggers.CSVLogger(save_dir="/tmp/hardneg_overhead", name="csv"),
+        log_every_n_steps=10,
+        callbacks=[timer],
+    )
+    loader = torch.utils.data.DataLoader(Repeat(batch, args.steps + 1), batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+
+    fw = timer.framework_times()[args.warmup :]
+    br = timer.bare_in_between[args.warmup : args.warmup + len(fw)]
+    ratios = [f / b for f, b in zip(fw, br)]
+    result = {
+        "model": args.model,
+        "image_size": size,
+        "batch": args.batch,
+        "hardneg_per_sample": args.hardneg,
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "precision": args.precision,
+        "compile": args.compile,
+        "steps_measured": len(fw),
+        "bare_ms_median": round(1000 * statistics.median(br), 2),
+        "framework_ms_median": round(1000 * statistics.median(fw), 2),
+        "ratio_of_medians": round(statistics.median(fw) / statistics.median(br), 4),
+        "median_of_paired_ratios": round(statistics.median(ratios), 4),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+    print(json.dumps(result), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
