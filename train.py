@@ -12,6 +12,8 @@ Run directory: `.hydra/config.yaml` (resolved), `checkpoints/last.ckpt` (+ best)
 from __future__ import annotations
 
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -20,9 +22,16 @@ from lightning_modules.training import run_training
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fits, tests and evaluates one run; returns the final metrics (flat keys)."""
+    """Fits, tests and evaluates one run; returns the final metrics (flat keys). A failing run leaves
+    `traceback.txt` and a `FAILED` marker in its folder (a multirun's summary lists it) and re-raises."""
     try:
         return run_training(cfg)
+    except BaseException:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "traceback.txt").write_text(traceback.format_exc())
+        (out / "FAILED").write_text("see traceback.txt\n")
+        raise
     finally:  # multirun jobs must not share one W&B run
         if "wandb" in sys.modules:
             import wandb
