@@ -22,12 +22,14 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from datamodules.benchmarks.runner import compare_models, instantiate_benchmarks
+from lightning_modules.console import quiet_libraries
 from lightning_modules.inference import load_models, resolve_device
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Scores every configured model on `cfg.benchmark`. Returns the flat results of the single model, or
     {label: results} when several models are compared."""
+    quiet_libraries()
     paths = cfg.get("ckpt_path")
     paths = list(paths) if isinstance(paths, (list, ListConfig)) else ([paths] if paths else [])
     oc = cfg.get("open_clip")

@@ -1,11 +1,15 @@
-"""Export a train.py checkpoint as an open_clip state dict in safetensors, loadable without this framework:
+"""Export a train.py checkpoint for use without this framework, in one of open_clip's own formats:
 
-    python -m lightning_modules.export logs/train/runs/<run>/checkpoints/last.ckpt out/model.safetensors
+    python -m lightning_modules.export <run>/checkpoints/last.ckpt exported/my_model         # a folder
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:exported/my_model")
 
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained="out/model.safetensors")
+    python -m lightning_modules.export <run>/checkpoints/last.ckpt exported/model.safetensors  # a single file
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained="exported/model.safetensors")
 
-A sidecar `<out>.json` records the architecture name, its open_clip config (needed for architectures that are not
-built into open_clip, e.g. tiny-vit: `open_clip.add_model_config(<that json's model_cfg>)`), and quick_gelu.
+Folder (any path not ending in .safetensors): `open_clip_config.json` ({"model_cfg": architecture incl. quick_gelu,
+"preprocess_cfg": size/mean/std}) + `open_clip_model.safetensors`, the layout open_clip's `local-dir:` (and
+`hf-hub:`) loader reads, so architectures open_clip does not ship (tiny-vit) load with no code. Single file: the
+state dict, with a sidecar `<out>.json` naming the architecture, its config and quick_gelu.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+import open_clip
 from safetensors.torch import save
 
 from datamodules.atomic import atomic_write_bytes, atomic_write_text
@@ -23,8 +28,26 @@ from lightning_modules.inference import load_checkpoint
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
     model, spec, run_cfg = load_checkpoint(ckpt_path)
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    if out.suffix != ".safetensors":  # an open_clip local-dir / hf-hub folder
+        model_cfg = dict(spec.config) | {"quick_gelu": spec.force_quick_gelu}
+        if spec.model_kwargs.get("force_image_size"):
+            model_cfg["vision_cfg"] = dict(model_cfg["vision_cfg"]) | {"image_size": spec.image_size}
+        pp = dict(spec.config.get("preprocess_cfg", {}))
+        preprocess_cfg = {
+            "size": spec.image_size,
+            "mean": list(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+            "std": list(pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        }
+        config = {
+            "model_cfg": model_cfg,
+            "preprocess_cfg": preprocess_cfg,
+            "source_checkpoint": str(ckpt_path),
+        }
+        atomic_write_bytes(out / "open_clip_model.safetensors", weights)
+        atomic_write_text(out / "open_clip_config.json", json.dumps(config, indent=2))
+        return out
+    atomic_write_bytes(out, weights)
     meta = {
         "name": spec.name,
         "quick_gelu": spec.force_quick_gelu,
@@ -38,10 +61,13 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt_path")
-    ap.add_argument("out_path")
+    ap.add_argument("out_path", help="a folder (open_clip local-dir layout) or a .safetensors file")
     args = ap.parse_args()
     out = export_checkpoint(args.ckpt_path, args.out_path)
-    print(f"exported {out} (+ {out.with_suffix('.json')})")
+    if out.suffix == ".safetensors":
+        print(f"exported {out} (+ {out.with_suffix('.json')})")
+    else:
+        print(f"exported {out}/ — load it with open_clip.create_model_and_transforms('local-dir:{out}')")
 
 
 if __name__ == "__main__":

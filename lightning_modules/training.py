@@ -21,6 +21,7 @@ from datamodules.atomic import atomic_write_text
 from datamodules.benchmarks.runner import instantiate_benchmarks, markdown_table, run_benchmarks
 from datamodules.datamodule import ClipDataModule
 from lightning_modules.clip_module import ClipModule
+from lightning_modules.console import quiet_libraries
 from lightning_modules.inference import ClipScorer, resolve_device
 from lightning_modules.losses.base import LossSum
 from lightning_modules.model_factory import ModelSpec
@@ -75,6 +76,7 @@ def eval_context(run_cfg: dict, source: Any) -> dict[str, Any]:
 
 def run_training(cfg: DictConfig) -> dict[str, float]:
     """Fits, tests and evaluates one run; returns the final metrics (flat keys)."""
+    quiet_libraries()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -96,6 +98,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     callbacks = list(_group(cfg.get("callbacks")).values())
     if not loggers:  # LearningRateMonitor refuses to run without a logger: drop it rather than fail
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for lg in loggers:
         lg.log_hyperparams(run_cfg)

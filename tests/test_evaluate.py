@@ -85,3 +85,37 @@ def test_wandb_offline_logging(two_checkpoints, cfg_factory, tmp_path, monkeypat
     )
     assert res
     assert list(tmp_path.glob("wandb/offline-run-*")), "no offline W&B run written"
+
+
+LOAD_LOCAL_DIR = """
+import json, sys, open_clip, torch
+from PIL import Image
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + sys.argv[1])
+tokenizer = open_clip.get_tokenizer("local-dir:" + sys.argv[1])
+with torch.no_grad():
+    img = model.eval().encode_image(preprocess(Image.new("RGB", (48, 48), (200, 30, 30)))[None])
+    txt = model.encode_text(tokenizer(["a red circle left of a blue square"]))
+print(json.dumps({"img": img[0].tolist(), "txt": txt[0].tolist()}))
+"""
+
+
+def test_exported_folder_loads_in_plain_open_clip_with_no_code(two_checkpoints, tmp_path):
+    """A fresh interpreter that never registered tiny-vit loads the folder through open_clip's `local-dir:`."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    out = export_checkpoint(two_checkpoints[0], tmp_path / "exported")
+    assert sorted(p.name for p in out.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    p = subprocess.run(
+        [sys.executable, "-c", LOAD_LOCAL_DIR, str(out)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    theirs = json.loads(p.stdout.strip().splitlines()[-1])
+    model, spec, _ = load_checkpoint(two_checkpoints[0])
+    with torch.no_grad():
+        img = model.encode_image(spec.image_transform()(Image.new("RGB", (48, 48), (200, 30, 30)))[None])
+        txt = model.encode_text(spec.tokenizer()(["a red circle left of a blue square"]))
+    torch.testing.assert_close(torch.tensor(theirs["img"]), img[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(theirs["txt"]), txt[0], atol=1e-5, rtol=1e-4)

@@ -27,7 +27,9 @@ def _unit_hash(key: str) -> float:
 
 class PairsSource(Source):
     """Args:
-    train_path / val_path / test_path: manifests (.jsonl or .csv); val/test are optional.
+    train_path / val_path / test_path: manifests (.jsonl, .csv or .tsv); val/test are optional.
+    separator: the column separator of .csv/.tsv manifests (open_clip's `--csv-separator`); None: by suffix
+        ("," for .csv, a tab for .tsv).
     image_root: folder that relative image paths resolve against (default: each manifest's folder).
     image_key / caption_key / id_key: column names.
     check_images: verify at load time that every image file exists (skips and counts missing ones).
@@ -50,17 +52,23 @@ class PairsSource(Source):
         id_key: str = "id",
         check_images: bool = True,
         allow_lone: bool = False,
+        separator: str | None = None,
     ) -> None:
+        if separator is not None and len(separator) != 1:
+            raise ValueError(f"separator must be one character, got {separator!r}")
+        self.separator = separator
         self.allow_lone = allow_lone
         self.paths = {"train": train_path, "val": val_path, "test": test_path}
         for split, path in self.paths.items():
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(
-                    f"{split}_path: manifest not found: '{path}' (expected a .jsonl or .csv file with "
+                    f"{split}_path: manifest not found: '{path}' (expected a .jsonl, .csv or .tsv file with "
                     f"'{image_key}' and '{caption_key}' columns)"
                 )
-            if path is not None and Path(path).suffix.lower() not in (".jsonl", ".json", ".csv"):
-                raise ValueError(f"{split}_path: unsupported manifest type '{path}'; use .jsonl or .csv")
+            if path is not None and Path(path).suffix.lower() not in (".jsonl", ".json", ".csv", ".tsv"):
+                raise ValueError(
+                    f"{split}_path: unsupported manifest type '{path}'; use .jsonl, .csv or .tsv"
+                )
         if image_root is not None and not Path(image_root).is_dir():
             raise FileNotFoundError(f"image_root: folder not found: '{image_root}'")
         if not 0.0 <= val_fraction < 1.0:
@@ -73,18 +81,19 @@ class PairsSource(Source):
         self._cache: dict[str, list[Record]] = {}
 
     def _rows(self, path: Path):
-        if path.suffix.lower() == ".csv":
+        if path.suffix.lower() in (".csv", ".tsv"):
+            sep = self.separator or ("\t" if path.suffix.lower() == ".tsv" else ",")
             # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is skipped (and counted),
             # not the whole file
             # utf-8-sig: a byte-order mark would otherwise rename the first column
             with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-                reader = csv.DictReader(f)
+                reader = csv.DictReader(f, delimiter=sep)
                 image_key, caption_key, _ = self.keys
                 cols = reader.fieldnames or []
                 if image_key not in cols and caption_key not in cols:
                     raise ValueError(
-                        f"{path}: CSV header has columns {cols}; expected '{image_key}' and '{caption_key}' (set "
-                        "image_key / caption_key to the file's names)"
+                        f"{path}: CSV header has columns {cols} (separator {sep!r}); expected '{image_key}' and "
+                        f"'{caption_key}' (set image_key / caption_key to the file's names, or separator)"
                     )
                 for i, row in enumerate(reader, start=2):  # line numbers: the header is line 1
                     try:

@@ -308,3 +308,16 @@ def test_real_tiny_model_runs_every_fixture_benchmark(tmp_path):
     assert res.metrics["all/top1"] in {
         100.0 * k / len(NAMES) for k in range(len(NAMES) + 1)
     }  # one vote per image
+
+
+def test_zeroshot_uses_open_clips_standard_prompts_and_imagenet_names():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    bench = ZeroShot("unused")
+    assert len(bench.templates) == 80 and bench.templates[0] == "a bad photo of a {}."
+    assert len(ZeroShot("unused", templates="simple").templates) < 80
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    assert bench.class_names(wnids) == list(IMAGENET_CLASSNAMES)
+    assert bench.class_names(["golden_retriever", "tabby"]) == ["golden retriever", "tabby"]
+    with pytest.raises(ValueError, match="unknown set 'fancy'"):
+        ZeroShot("unused", templates="fancy")

@@ -116,3 +116,17 @@ def test_training_stops_above_the_bad_fraction_naming_records():
     dm.on_after_batch_transfer(batch(["x1"] * 5), 0)  # 5 / 200 = 2.5%
     with pytest.raises(RuntimeError, match=r"16 of 300 training samples .* last: \['x8', 'x9', 'x10'\]"):
         dm.on_after_batch_transfer(batch([f"x{i}" for i in range(11)]), 0)
+
+
+def test_tsv_and_custom_separators(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "m.tsv").write_text("image\tcaption\na.png\ta black square, seen from above\n")
+    recs = PairsSource(train_path=str(tmp_path / "m.tsv"), val_fraction=0.0).records("train")
+    assert [r.caption for r in recs] == ["a black square, seen from above"]
+    (tmp_path / "m.csv").write_text("image;caption\na.png;a black square\n")
+    with pytest.raises(
+        ValueError, match=r"separator ','"
+    ):  # the default reads one column named 'image;caption'
+        PairsSource(train_path=str(tmp_path / "m.csv"), val_fraction=0.0).records("train")
+    recs = PairsSource(train_path=str(tmp_path / "m.csv"), val_fraction=0.0, separator=";").records("train")
+    assert [r.caption for r in recs] == ["a black square"]
