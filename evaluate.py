@@ -43,37 +43,54 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size,
     )
     if cfg.get("log_wandb"):
-        log_to_wandb(cfg, per_model)
+        log_to_wandb(cfg, per_model, models, paths)
     (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / ".hydra" / "config.yaml", resolve=True)
     print(f"run dir: {out_dir}")
     return next(iter(per_model.values())) if len(per_model) == 1 else per_model
 
 
-def log_to_wandb(cfg: DictConfig, per_model: dict[str, dict[str, float]]) -> None:
+def training_wandb_id(run_cfg: dict, ckpt_path: str | None) -> str | None:
+    """The W&B id of the run that wrote a checkpoint, from the run folder's `wandb/*-run-<time>-<id>` directory."""
+    if not ckpt_path:
+        return None
+    run_dir = Path(ckpt_path).resolve().parent.parent
+    runs = sorted(run_dir.glob("wandb/*run-*-*"))
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
+def log_to_wandb(cfg: DictConfig, per_model: dict[str, dict[str, float]], models: dict, paths: list) -> None:
+    """One W&B run per evaluated model (job_type evaluate, grouped by the model's experiment), with stable keys
+    `eval/<benchmark>/<subset>/<metric>`, a table of all scores, the evaluate config, the checkpoint's training
+    config and the training run's W&B id."""
     import wandb
 
-    run = wandb.init(
-        project=cfg.wandb.project,
-        name=cfg.wandb.get("name"),
-        job_type="evaluate",
-        mode=cfg.wandb.mode,
-        dir=str(cfg.paths.output_dir),
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    try:
-        keys = list(dict.fromkeys(k for r in per_model.values() for k in r))
-        table = wandb.Table(columns=["model", *keys])
-        for label, res in per_model.items():
-            table.add_data(label, *[res.get(k) for k in keys])
-        run.log(
-            {
-                "eval/table": table,
-                **{f"eval/{label}/{k}": v for label, r in per_model.items() for k, v in r.items()},
-            }
+    ckpts = {label: p for label, p in zip(models, paths)}
+    for label, res in per_model.items():
+        run_cfg = models[label][2] or {}
+        tags = list(run_cfg.get("tags") or [])
+        run = wandb.init(
+            project=cfg.wandb.project,
+            name=cfg.wandb.get("name") or f"eval-{label}",
+            group=tags[0] if tags else None,
+            job_type="evaluate",
+            mode=cfg.wandb.mode,
+            dir=str(cfg.paths.output_dir),
+            config={
+                "evaluate": OmegaConf.to_container(cfg, resolve=True),
+                "training": run_cfg,
+                "checkpoint": str(ckpts.get(label, "")),
+                "training_wandb_id": training_wandb_id(run_cfg, ckpts.get(label)),
+            },
+            reinit="finish_previous",
         )
-    finally:
-        wandb.finish()
+        try:
+            table = wandb.Table(columns=["benchmark", "subset", "metric", "score"])
+            for key, value in res.items():
+                table.add_data(*key.split("/", 2), value)
+            run.log({"eval/table": table, **{f"eval/{k}": v for k, v in res.items()}})
+        finally:
+            wandb.finish()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -68,7 +68,10 @@ class ClipModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self._bad_samples = 0
-        self.save_hyperparameters({"run_config": run_config or {}, "max_logit_scale": max_logit_scale})
+        # logger=False: the run config is logged once, by the training run (not again as module hparams)
+        self.save_hyperparameters(
+            {"run_config": run_config or {}, "max_logit_scale": max_logit_scale}, logger=False
+        )
         self.model_spec = model_spec
         self.model: nn.Module | None = None
         self.loss = loss

@@ -103,6 +103,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for lg in loggers:
         lg.log_hyperparams(run_cfg)
+        if isinstance(lg, L.pytorch.loggers.WandbLogger):  # the run's summary keeps the best, not the last
+            lg.experiment.define_metric("val/r_mean", summary="max")
+            lg.experiment.define_metric("val/i2t_r1", summary="max")
+            lg.experiment.define_metric("val/t2i_r1", summary="max")
 
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path: checkpoint to resume from not found: '{cfg.ckpt_path}'")

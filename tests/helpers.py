@@ -35,3 +35,50 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_wandb_offline(run_dir) -> dict:
+    """Reads an offline W&B run folder back (the `run-<id>.wandb` record log: LevelDB-style blocks of protobuf
+    `Record`s): {"name", "group", "job_type", "config": {key: value}, "history": [{key: value}], "summary": {...}}."""
+    import json
+    import struct
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = next(Path(run_dir).glob("run-*.wandb")).read_bytes()
+    assert data[:4] == b":W&B", "not a W&B record log"
+
+    def records():
+        pos, block, buf = 7, 32768, b""
+        while pos + 7 <= len(data):
+            left = block - pos % block
+            if left < 7:
+                pos += left
+                continue
+            _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+            if kind == 0:
+                return
+            buf = chunk if kind in (1, 2) else buf + chunk
+            if kind in (1, 4):
+                yield buf
+
+    def key(item) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    out: dict = {"config": {}, "history": [], "summary": {}}
+    for raw in records():
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out |= {"name": rec.run.display_name, "group": rec.run.run_group, "job_type": rec.run.job_type}
+            out["config"] |= {key(i): json.loads(i.value_json) for i in rec.run.config.update}
+        elif kind == "config":
+            out["config"] |= {key(i): json.loads(i.value_json) for i in rec.config.update}
+        elif kind == "history":
+            out["history"].append({key(i): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            out["summary"] |= {key(i): json.loads(i.value_json) for i in rec.summary.update}
+    return out

@@ -12,6 +12,7 @@ from evaluate import evaluate
 from lightning_modules.export import export_checkpoint
 from lightning_modules.inference import ClipScorer, load_checkpoint
 from tests.conftest import TINY, make_cfg
+from tests.helpers import read_wandb_offline
 from train import train
 
 
@@ -84,7 +85,15 @@ def test_wandb_offline_logging(two_checkpoints, cfg_factory, tmp_path, monkeypat
         )
     )
     assert res
-    assert list(tmp_path.glob("wandb/offline-run-*")), "no offline W&B run written"
+    runs = list(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 1, "one offline W&B run per evaluated model"
+    run = read_wandb_offline(runs[0])
+    assert run["job_type"] == "evaluate" and run["name"] == "eval-run00"
+    assert run["config"]["training"]["model"]["name"] == "tiny-vit"  # the checkpoint's training config
+    logged = {k: v for row in run["history"] for k, v in row.items()}
+    # stable keys: eval/<benchmark>/<subset>/<metric>, no run-folder name or timestamp in them
+    assert logged["eval/synthetic/swap_objects/acc"] == res["synthetic/swap_objects/acc"]
+    assert logged["eval/table/_type"] == "table-file" and logged["eval/table/nrows"] == len(res)
 
 
 LOAD_LOCAL_DIR = """

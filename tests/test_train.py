@@ -282,3 +282,25 @@ def test_a_source_without_test_split_skips_test_and_still_writes_metrics(
     metrics = train(cfg_factory(*_pairs_overrides(pairs_manifest), tiny=False))
     assert not any(k.startswith("test/") for k in metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
+
+
+def test_wandb_run_is_named_grouped_and_holds_the_config_once(cfg_factory, tmp_path, monkeypatch):
+    from tests.helpers import read_wandb_offline
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = cfg_factory(
+        "logger=wandb",
+        "experiment=clip_baseline",
+        "seed=3",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "trainer.log_every_n_steps=1",
+    )
+    train(cfg)
+    runs = list(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 1
+    run = read_wandb_offline(runs[0])
+    assert run["name"] == "clip_baseline-seed3" and run["group"] == "clip_baseline"
+    assert run["config"]["model"]["name"] == "tiny-vit" and "run_config" not in run["config"]
+    logged = {k for row in run["history"] for k in row}
+    assert {"train/loss", "val/r_mean", "eval/synthetic/mean/acc"} <= logged
