@@ -114,6 +114,7 @@ class ClipModule(L.LightningModule):
             txt_neg_owner_N=batch.txt_neg_owner_N,
             img_neg_kind=batch.img_neg_kind_M,
             txt_neg_kind=batch.txt_neg_kind_N,
+            step=self.global_step if self.training else None,
         )
 
     def compute_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

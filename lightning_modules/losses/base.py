@@ -23,6 +23,7 @@ class LossInputs:
     txt_neg_owner_N: torch.Tensor | None = None
     img_neg_kind: list[str] = field(default_factory=list)
     txt_neg_kind: list[str] = field(default_factory=list)
+    step: int | None = None  # the optimizer step being trained (None outside training): for scheduled terms
 
 
 def world() -> tuple[int, int]:

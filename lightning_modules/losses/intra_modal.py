@@ -28,6 +28,8 @@ class IntraModalSeparation(nn.Module):
     kinds: negative kind prefixes (None = all of the modality's negatives).
     margin: cosines below it cost nothing (the term only removes near-identity, it does not demand opposites).
     weight, name: as every term (logged as `<name>_loss`, `<name>_cos`: mean cosine of the selected pairs).
+    until_step: switch the term off from this training step on (None = always on); the cosine is still logged.
+        The term's job is to break the symmetric saddle early; afterwards it may only cost capacity.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class IntraModalSeparation(nn.Module):
         margin: float = 0.5,
         weight: float = 1.0,
         name: str | None = None,
+        until_step: int | None = None,
     ) -> None:
         super().__init__()
         if modality not in ("text", "image"):
@@ -45,6 +48,7 @@ class IntraModalSeparation(nn.Module):
             raise ValueError(f"intra_modal.margin must be in [-1, 1), got {margin}")
         self.modality, self.kinds, self.margin, self.weight = modality, kinds, margin, weight
         self.name = name or f"intra_{modality}"
+        self.until_step = until_step
 
     def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
         if self.modality == "text":
@@ -57,4 +61,6 @@ class IntraModalSeparation(nn.Module):
             return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
         cos_N = (pos.float()[owner[keep]] * neg.float()[keep]).sum(-1)
         loss = (cos_N - self.margin).clamp_min(0).mean()
+        if self.until_step is not None and x.step is not None and x.step >= self.until_step:
+            loss = loss * 0.0  # switched off (kept in the graph: every rank runs the same backward)
         return {f"{self.name}_loss": self.weight * loss, f"{self.name}_cos": cos_N.mean().detach()}

@@ -291,3 +291,24 @@ def test_intra_modal_separation_matches_hand_computed_hinge():
     assert float(empty["intra_image_loss"]) == 0.0
     with pytest.raises(ValueError, match="modality"):
         IntraModalSeparation("audio")
+
+
+def test_intra_modal_term_switches_off_at_until_step():
+    from lightning_modules.losses.intra_modal import IntraModalSeparation
+
+    pos = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    x = LossInputs(
+        img_BD=pos,
+        txt_BD=pos.clone().requires_grad_(),
+        logit_scale=torch.tensor(10.0),
+        txt_neg_ND=pos.clone(),
+        txt_neg_owner_N=torch.tensor([0, 1]),
+        txt_neg_kind=["compositional/position"] * 2,
+        step=5,
+    )
+    term = IntraModalSeparation("text", margin=0.5)
+    assert float(term(x)["intra_text_loss"]) == pytest.approx(0.5)  # cos 1 - margin 0.5
+    off = IntraModalSeparation("text", margin=0.5, until_step=5)(x)
+    assert float(off["intra_text_loss"]) == 0.0 and float(off["intra_text_cos"]) == pytest.approx(1.0)
+    off["intra_text_loss"].backward()  # still in the graph
+    assert IntraModalSeparation("text", margin=0.5, until_step=6)(x)["intra_text_loss"] > 0
