@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from datamodules.benchmarks.collect import fmt  # noqa: E402
 from datamodules.world.claims import CATEGORIES  # noqa: E402
 
 COLUMNS = list(CATEGORIES)  # the synthetic benchmark's categories
@@ -71,14 +72,6 @@ def run(exp: str, seed: int, out: Path, extra: list[str]) -> None:
     )
     if wall is not None:
         print(f"done {exp} seed {seed} in {wall:.0f}s", flush=True)
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def summarize(out: Path) -> str:

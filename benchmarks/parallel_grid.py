@@ -23,20 +23,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from datamodules.benchmarks.collect import headline_metrics  # noqa: E402
 from datamodules.world.claims import CATEGORIES  # noqa: E402
 
 KEEP_SUFFIXES = {".json", ".csv", ".yaml", ".md", ".log", ".txt"}
-HEADLINE = list(CATEGORIES)  # the synthetic benchmark's categories; the first six are the swap+replace ones
 
 
 def headline(metrics: dict) -> dict:
-    """The numbers a grid is usually read for: benchmark categories, their swap+replace mean, val/test R@1."""
-    out = {c: metrics.get(f"eval/synthetic/{c}/acc") for c in HEADLINE}
-    six = [out[c] for c in HEADLINE[:6] if out[c] is not None]
-    out["swap_replace_mean"] = sum(six) / len(six) if len(six) == 6 else None
-    for split in ("val", "test"):
-        if f"{split}/i2t_r1" in metrics:
-            out[f"{split}_r1"] = (metrics[f"{split}/i2t_r1"] + metrics[f"{split}/t2i_r1"]) / 2
+    """The numbers a grid is usually read for (`collect.headline_metrics`, under this script's JSON keys): every
+    synthetic category (None when absent), their swap+replace mean, val/test R@1, diagnostics and throughput."""
+    shared = headline_metrics(metrics)
+    out = {c: shared.get(c) for c in CATEGORIES}
+    out["swap_replace_mean"] = shared.get("swap+replace mean")
+    out |= {f"{split}_r1": shared[f"{split} R@1"] for split in ("val", "test") if f"{split} R@1" in shared}
     for key in (
         "eval/synthetic/winoground/group",
         "val/txt_neg_cos/compositional/position",

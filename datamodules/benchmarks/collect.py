@@ -32,7 +32,9 @@ SWAP_REPLACE = [c for c in CATEGORIES if c.startswith(("replace_", "swap_"))]
 IGNORED_KEYS = ("seed", "hydra.", "paths.", "trainer.enable_progress_bar", "logger")
 
 
-def _metric_columns(m: dict[str, float]) -> dict[str, float]:
+def headline_metrics(m: dict[str, float]) -> dict[str, float]:
+    """The numbers a run is read for, from its flat metrics: the swap+replace mean (only when all six categories are
+    there), each synthetic category, the Winoground-style group score, val/test R@1 (mean of both directions)."""
     out: dict[str, float] = {}
     cats = {c: m.get(f"eval/synthetic/{c}/acc") for c in CATEGORIES}
     if all(cats[c] is not None for c in SWAP_REPLACE):
@@ -46,19 +48,16 @@ def _metric_columns(m: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _group(run: Path) -> str:
+def _group_and_seed(run: Path) -> tuple[str, Any]:
+    """A run's group (its overrides without seed and folder/logging keys; the folder name without an overrides
+    file) and its seed override (None if absent)."""
     ov = run / ".hydra" / "overrides.yaml"
     if not ov.is_file():
-        return run.name
+        return run.name, None
     items = yaml.safe_load(ov.read_text()) or []
     kept = [o for o in items if not o.lstrip("+~").startswith(IGNORED_KEYS)]
-    return " ".join(sorted(kept)) or "(defaults)"
-
-
-def _seed(run: Path) -> Any:
-    ov = run / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(ov.read_text()) if ov.is_file() else []
-    return next((o.split("=", 1)[1] for o in items or [] if o.startswith("seed=")), None)
+    seed = next((o.split("=", 1)[1] for o in items if o.startswith("seed=")), None)
+    return " ".join(sorted(kept)) or "(defaults)", seed
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -75,20 +74,23 @@ def collect(root: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     seeds: dict[str, list] = {}
     failed: list[str] = []
     for run in find_runs(root):
-        g = _group(run)
+        g, seed = _group_and_seed(run)
         if (run / "FAILED").is_file() and not (run / "metrics.json").is_file():
             failed.append(f"{run.relative_to(root)} ({g})")
             continue
         metrics = json.loads((run / "metrics.json").read_text())
-        for k, v in _metric_columns(metrics).items():
+        for k, v in headline_metrics(metrics).items():
             groups.setdefault(g, {}).setdefault(k, []).append(v)
-        seeds.setdefault(g, []).append(_seed(run))
+        seeds.setdefault(g, []).append(seed)
     columns = list(dict.fromkeys(k for cols in groups.values() for k in cols))
     _write(out, groups, seeds, columns, failed)
     return {"groups": groups, "failed": failed, "columns": columns}
 
 
-def _fmt(values: list[float]) -> str:
+def fmt(values: list[float]) -> str:
+    """'mean ± std' over seeds with one decimal; one value as is; '–' for none."""
+    if not values:
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
@@ -109,7 +111,7 @@ def _write(out: Path, groups: dict, seeds: dict, columns: list[str], failed: lis
         "|---|---:|" + "---:|" * len(columns),
         *[
             f"| {g} | {len(seeds[g])} | "
-            + " | ".join(_fmt(cols[c]) if c in cols else "–" for c in columns)
+            + " | ".join(fmt(cols.get(c, [])) for c in columns)
             + " |"
             for g, cols in groups.items()
         ],
