@@ -36,6 +36,11 @@ def _bound(negs: dict[str, Any] | Sequence[Any] | None, hints: dict[str, Any]) -
     return out
 
 
+def _check_batch_size(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
+
+
 def _numpy_state() -> tuple:
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
@@ -81,11 +86,9 @@ class ClipDataModule(L.LightningDataModule):
         max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value is None and key == "eval_batch_size":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
+        _check_batch_size("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_batch_size("eval_batch_size", eval_batch_size)
         self.source = source
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -77,6 +77,8 @@ def eval_context(run_cfg: dict, source: Any) -> dict[str, Any]:
 def run_training(cfg: DictConfig) -> dict[str, float]:
     """Fits, tests and evaluates one run; returns the final metrics (flat keys)."""
     quiet_libraries()
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():  # before building anything
+        raise FileNotFoundError(f"ckpt_path: checkpoint to resume from not found: '{cfg.ckpt_path}'")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -104,27 +106,27 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(run_cfg)
         if isinstance(lg, L.pytorch.loggers.WandbLogger):  # the run's summary keeps the best, not the last
-            lg.experiment.define_metric("val/r_mean", summary="max")
-            lg.experiment.define_metric("val/i2t_r1", summary="max")
-            lg.experiment.define_metric("val/t2i_r1", summary="max")
+            for key in ("val/r_mean", "val/i2t_r1", "val/t2i_r1"):
+                lg.experiment.define_metric(key, summary="max")
 
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path: checkpoint to resume from not found: '{cfg.ckpt_path}'")
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=False)  # final weights (+ optimizer state)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    # metrics.json after each stage: a later stage that fails (test, benchmarks) does not lose the fit's numbers
-    write_metrics = trainer.is_global_zero
-    if write_metrics:
-        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+
+    def save_metrics() -> (
+        None
+    ):  # after each stage: a later stage that fails does not lose the earlier numbers
+        if trainer.is_global_zero:
+            atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+
+    save_metrics()
     if cfg.run_test and not datamodule.source.records("test"):
         log.warning("run_test: data.source has no test split; Trainer.test skipped")
     elif cfg.run_test:
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        if write_metrics:
-            atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        save_metrics()
 
     if cfg.evaluate_after and trainer.is_global_zero:
         device = resolve_device(cfg.eval_device)
@@ -143,8 +145,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in report["results"].items()}, step=trainer.global_step)
 
+    save_metrics()
     if trainer.is_global_zero:
-        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         keys = ("val/r_mean", "val/i2t_r1", "val/t2i_r1", "test/i2t_r1", "test/t2i_r1")
         print("final: " + ", ".join(f"{k}={metrics[k]:.2f}" for k in keys if k in metrics))
         print(f"run dir: {out_dir}")

@@ -110,9 +110,7 @@ def _write(out: Path, groups: dict, seeds: dict, columns: list[str], failed: lis
         "| group | runs | " + " | ".join(columns) + " |",
         "|---|---:|" + "---:|" * len(columns),
         *[
-            f"| {g} | {len(seeds[g])} | "
-            + " | ".join(fmt(cols.get(c, [])) for c in columns)
-            + " |"
+            f"| {g} | {len(seeds[g])} | " + " | ".join(fmt(cols.get(c, [])) for c in columns) + " |"
             for g, cols in groups.items()
         ],
     ]

@@ -11,9 +11,8 @@ Generators may also filter early with `self.leaks(text)` (then a rejected candid
 
 Source hints reach a generator through `bind(key=..., leak_filter=..., vocabulary=...)`, called by the DataModule
 (`key` = the generator's name in the `negatives` group, kept as `run_name`; it keys the per-record RNG and the
-counters). Each
-negative is labelled with its kind (`family/name`, e.g. `structure/trigram_shuffle`, `compositional/color`), its
-generator name and version. Generators are deterministic given the RNG: `sample_rng(seed, key, record_id)`.
+counters). Each negative is labelled with its kind (`family/name`, e.g. `structure/trigram_shuffle`,
+`compositional/color`), its generator name and version. Generators are deterministic given the RNG: `sample_rng(seed, key, record_id)`.
 Expensive generators read/write a `DiskCache`.
 """
 
@@ -39,10 +38,6 @@ def sample_rng(seed: int, key: str, record_id: str) -> random.Random:
 
 def _same_text(a: str, b: str) -> bool:
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
-
-
-def _same_image(a: Image.Image, b: Image.Image) -> bool:
-    return a.size == b.size and a.mode == b.mode and a.tobytes() == b.tobytes()
 
 
 class NegativeGenerator(ABC):
@@ -86,28 +81,34 @@ class NegativeGenerator(ABC):
 
     def __call__(self, record: Record, image: Image.Image, rng: random.Random) -> list[Negative]:
         out: list[Negative] = []
-        text_index: dict[int, int] = {}  # generate()'s text index -> index among the kept texts
-        texts_seen = 0
+        kept_index: list[int | None] = []  # per text of generate(): its index among the kept texts, or None
+        kept_texts = 0
+        pixels: bytes | None = None  # the positive's pixels, read once if an image negative needs comparing
         for neg in self.generate(record, image, rng):
             if neg.modality == "text":
-                i, texts_seen = texts_seen, texts_seen + 1
                 if _same_text(neg.payload, record.caption):
                     self.stats["rejected_positive"] += 1
+                    kept_index.append(None)
+                elif self.leaks(neg.payload):
+                    kept_index.append(None)
+                else:
+                    kept_index.append(kept_texts)
+                    kept_texts += 1
+                    out.append(neg)
+                continue
+            if neg.pair is not None:
+                index = kept_index[neg.pair] if neg.pair < len(kept_index) else None
+                if index is None:  # its caption was dropped (or never emitted)
+                    self.stats["masked"] += 1
                     continue
-                if self.leaks(neg.payload):
-                    continue
-                text_index[i] = sum(1 for n in out if n.modality == "text")
-                out.append(neg)
-            else:
-                if neg.pair is not None:
-                    if neg.pair not in text_index:  # its caption was dropped (or never emitted)
-                        self.stats["masked"] += 1
-                        continue
-                    neg = replace(neg, pair=text_index[neg.pair])
-                if _same_image(neg.payload, image):
+                neg = replace(neg, pair=index)
+            payload = neg.payload
+            if payload.size == image.size and payload.mode == image.mode:
+                pixels = image.tobytes() if pixels is None else pixels
+                if payload.tobytes() == pixels:
                     self.stats["rejected_positive"] += 1
                     continue
-                out.append(neg)
+            out.append(neg)
         return out
 
     def text(self, kind: str, caption: str) -> Negative:

@@ -181,14 +181,15 @@ def _run_preprocess(
         # rows the reader could not turn into records go into the split's reports too
         reports[split] = pre.run(records, out, split, skipped_by_source=dict(skipped or {}))["report"]
     if rank == 0:
+        fp = clean_dir(cfg).name  # the folder's name, also when building into a private folder first
         meta = {
-            "fingerprint": clean_dir(cfg).name,
+            "fingerprint": fp,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "seconds": round(time.perf_counter() - t0, 2),
             "reports": {k: v for k, v in reports.items()},
         }
         atomic_write_text(out / "preprocess.json", json.dumps(meta, indent=2, default=str))
-        atomic_write_text(out / "DONE", clean_dir(cfg).name + "\n")
+        atomic_write_text(out / "DONE", fp + "\n")
     if barrier is not None:
         barrier()
     return reports
