@@ -10,7 +10,8 @@ text hard negatives), backward, AdamW with the same parameter groups, logit-scal
 10 steps as in real runs; no validation, no checkpoints). The two are interleaved step by step in one process: a
 callback runs one bare step after each framework step, so drift and contention hit both alike. The framework's
 step time is the interval between consecutive `on_train_batch_start` calls minus the bare step run in between.
-Medians after warm-up; prints one JSON line and appends it to `--out`.
+Both compute the loss outside autocast (fp32 logits). Medians after warm-up; prints one JSON line and appends it to
+`--out`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -81,13 +81,12 @@ class Bare:
     def step(self) -> None:
         t0 = time.perf_counter()
         b = self.batch.num_pos
-        with self.autocast():
-            img = F.normalize(self.model.encode_image(self.batch.images_XCHW), dim=-1)
-            txt = F.normalize(self.model.encode_text(self.batch.texts_YL), dim=-1)
+        with self.autocast():  # one forward (normalised features + scale), as ClipModule.encode
+            img, txt, scale = self.model(self.batch.images_XCHW, self.batch.texts_YL)[:3]
         x = LossInputs(
             img_BD=img[:b],
             txt_BD=txt[:b],
-            logit_scale=self.model.logit_scale.exp(),
+            logit_scale=scale,
             img_neg_MD=img[b:],
             txt_neg_ND=txt[b:],
             img_neg_owner_M=self.batch.img_neg_owner_M,
@@ -159,7 +158,6 @@ def main() -> None:
         partial(torch.optim.AdamW, lr=5e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6),
         None,
     )
-    module.configure_model()
     bare_model = copy.deepcopy(module.model).to(args.device)
     if args.compile:
         module.model = torch.compile(module.model)

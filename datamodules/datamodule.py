@@ -56,7 +56,9 @@ class ClipDataModule(L.LightningDataModule):
     source: where records come from (synthetic world, JSONL/CSV pairs, ...).
     batch_size: the *global* batch size; each device gets batch_size / world_size.
     eval_batch_size: global batch size for val/test (default: batch_size).
-    num_workers / pin_memory / persistent_workers: DataLoader settings.
+    num_workers / persistent_workers / prefetch_factor: DataLoader settings (prefetch_factor: batches each worker
+        prepares ahead; None = PyTorch's 2).
+    pin_memory: page-locked batches for asynchronous host-to-GPU copies; 'auto' = when the trainer runs on CUDA.
     negatives: hard-negative generators applied to training samples (name -> generator).
     val_negatives: generators applied to validation samples, for the seeded, gradient-free diagnostics
         (`val/hardneg_acc/<kind>`, tower sensitivity). None = the training generators; {} = none. A fixed set here
@@ -75,8 +77,9 @@ class ClipDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
         negatives: dict[str, Any] | Sequence[Any] | None = None,
         val_negatives: dict[str, Any] | Sequence[Any] | None = None,
         image_transform: Callable | None = None,
@@ -93,7 +96,14 @@ class ClipDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        if pin_memory not in (True, False, "auto"):
+            raise ValueError(f"data.pin_memory: expected true, false or auto, got {pin_memory!r}")
+        if prefetch_factor is not None and (prefetch_factor < 1 or num_workers == 0):
+            raise ValueError(
+                f"data.prefetch_factor={prefetch_factor}: needs num_workers > 0 and a value >= 1 (or null)"
+            )
         self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
         self.persistent_workers = persistent_workers and num_workers > 0
         hints = {
             "leak_filter": getattr(source, "leaks", None),
@@ -236,10 +246,17 @@ class ClipDataModule(L.LightningDataModule):
             shuffle=train and sampler is None,
             drop_last=train,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self._pin(),
             persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor,
             collate_fn=collate,
         )
+
+    def _pin(self) -> bool:
+        if self.pin_memory != "auto":
+            return bool(self.pin_memory)
+        root = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
+        return root is not None and root.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, train=True)

@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datamodules.dataset import Batch
@@ -45,7 +44,7 @@ def _add_diag(dst: dict[str, dict[str, torch.Tensor]], src: dict[str, dict[str, 
 
 class ClipModule(L.LightningModule):
     """Args:
-    model_spec: which open_clip model to build (in `configure_model`, so strategies can wrap it).
+    model_spec: which open_clip model to build.
     loss: a module mapping `LossInputs` to a dict of named terms.
     optimizer: partial optimizer (params -> optimizer); weight decay taken from it for param groups.
     scheduler: partial scheduler (optimizer, total_steps) -> LR scheduler stepped per step, or None.
@@ -73,12 +72,21 @@ class ClipModule(L.LightningModule):
             {"run_config": run_config or {}, "max_logit_scale": max_logit_scale}, logger=False
         )
         self.model_spec = model_spec
-        self.model: nn.Module | None = None
+        # Built here, not lazily: a spawned strategy (ddp_sim) trains copies of this module in child processes and
+        # hands rank 0's weights back to this one, which must hold the model to receive them (and to checkpoint).
+        self.model: nn.Module = model_spec.build()
+        if init_from:
+            load_init_weights(self.model, init_from)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.max_logit_scale = max_logit_scale
         self.init_from = init_from
+        # Images arrive as uint8 (4x less loader traffic) and are normalised on the device, with the model's
+        # mean/std: bit-for-bit what the float transform would give (tests/lightning_modules/test_clip_module.py).
+        mean, std = model_spec.normalization()
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
         self._t_last: float | None = None
         self._t_end: float | None = None
@@ -88,20 +96,27 @@ class ClipModule(L.LightningModule):
 
     # -- model ------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.model is None:
-            self.model = self.model_spec.build()
-            if self.init_from:
-                load_init_weights(self.model, self.init_from)
+        """The model is built in __init__; parallel strategies (lightning_modules.parallel) wrap or shard it in
+        their own setup. (ModelParallelStrategy insists that this hook exists.)"""
 
     def encode(
         self, images: torch.Tensor, texts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        img = F.normalize(self.model.encode_image(images), dim=-1)
-        txt = F.normalize(self.model.encode_text(texts), dim=-1)
-        return img, txt, self.model.logit_scale.exp()
+        """L2-normalised image and text features and the exponentiated logit scale, from ONE forward call of the
+        model (what FSDP hooks: parameters outside a forward are shards)."""
+        out = self.model(images, texts)
+        if isinstance(out, dict):
+            return out["image_features"], out["text_features"], out["logit_scale"]
+        return out[0], out[1], out[2]
+
+    def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] -> the model's normalised float input (float inputs pass through unchanged)."""
+        if images.dtype != torch.uint8:
+            return images
+        return images.float().div_(255).sub_(self.pixel_mean).div_(self.pixel_std)
 
     def loss_inputs(self, batch: Batch) -> LossInputs:
-        img, txt, scale = self.encode(batch.images_XCHW, batch.texts_YL)
+        img, txt, scale = self.encode(self.normalize_images(batch.images_XCHW), batch.texts_YL)
         b = batch.num_pos
         return LossInputs(
             img_BD=img[:b],
@@ -118,7 +133,9 @@ class ClipModule(L.LightningModule):
         )
 
     def compute_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = self.loss(x)
+        # Logits and cross-entropy in fp32 even under bf16 autocast (the features are cast by each loss).
+        with torch.autocast(self.device.type, enabled=False):
+            terms = self.loss(x)
         loss_terms = [v for k, v in terms.items() if k.endswith("_loss")]
         if not loss_terms:
             raise ValueError(f"loss returned no '*_loss' term (got {sorted(terms)})")
@@ -133,7 +150,7 @@ class ClipModule(L.LightningModule):
         # Generator counters (cache hit/miss, generator calls, masked slots) of this rank's batch.
         log.update({f"train/gen/{k}": float(v) for k, v in batch.gen_stats.items()})
         log["train/loss"] = total.detach()
-        log["train/logit_scale"] = x.logit_scale.detach()
+        log["train/logit_scale"] = x.logit_scale.detach().float().reshape(())
         log["train/num_txt_neg"] = float(batch.texts_YL.shape[0] - b)
         log["train/num_img_neg"] = float(batch.images_XCHW.shape[0] - b)
         self._bad_samples += len(batch.bad_ids)
@@ -263,6 +280,15 @@ class ClipModule(L.LightningModule):
         first = torch.tensor([keys.index(k) for k in index], device=img.device)
         metrics = retrieval_recall(img[first], txt, txt_img)
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before the 1-element logit scale: their optimizer moments of the 0-d scale are
+        reshaped (the weights themselves are reshaped by the model's load_state_dict hook)."""
+        for opt in checkpoint.get("optimizer_states", []):
+            for state in opt.get("state", {}).values():
+                for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+                    if isinstance(state.get(k), torch.Tensor) and state[k].ndim == 0:
+                        state[k] = state[k].reshape(1)
 
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -23,12 +23,13 @@ from safetensors.torch import save
 
 from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from lightning_modules.inference import load_checkpoint
+from lightning_modules.model_factory import open_clip_state_dict
 
 
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
     model, spec, run_cfg = load_checkpoint(ckpt_path)
     out = Path(out_path)
-    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    weights = save({k: v.detach().contiguous() for k, v in open_clip_state_dict(model).items()})
     if out.suffix != ".safetensors":  # an open_clip local-dir / hf-hub folder
         model_cfg = dict(spec.config) | {"quick_gelu": spec.force_quick_gelu}
         if spec.model_kwargs.get("force_image_size"):

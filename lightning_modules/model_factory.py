@@ -80,8 +80,11 @@ class ModelSpec:
             pretrained=pretrained,
             force_quick_gelu=self.force_quick_gelu,
             cache_dir=self.cache_dir,
-            **self.model_kwargs,
+            **({"nonscalar_logit_scale": True} | dict(self.model_kwargs)),
         )
+        # A 1-element logit scale (FSDP shards along dim 0 and rejects 0-d parameters); state dicts written with
+        # the 0-d scale of open_clip (and of checkpoints from before this change) still load.
+        model.register_load_state_dict_pre_hook(_reshape_logit_params)
         log.info(
             "built open_clip %s (pretrained=%s, quick_gelu=%s)", self.name, pretrained, self.force_quick_gelu
         )
@@ -90,8 +93,8 @@ class ModelSpec:
     def tokenizer(self):
         return open_clip.get_tokenizer(self.name)
 
-    def image_transform(self, train: bool = False):
-        """The model's preprocessing. No horizontal flip ever: it would turn 'left of' into 'right of'."""
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the model's input normalisation (the pretrained tag's when it has its own)."""
         pp: dict = dict(self.config.get("preprocess_cfg", {}))
         if self.pretrained and not Path(self.pretrained).suffix:
             pp.update(
@@ -103,7 +106,66 @@ class ModelSpec:
             )
         mean = pp.get("mean") or open_clip.OPENAI_DATASET_MEAN
         std = pp.get("std") or open_clip.OPENAI_DATASET_STD
+        return tuple(mean), tuple(std)
+
+    def image_transform(self, train: bool = False):
+        """The model's preprocessing (PIL -> normalised float tensor). No horizontal flip ever: it would turn
+        'left of' into 'right of'."""
+        mean, std = self.normalization()
         return open_clip.image_transform(self.image_size, is_train=train, mean=mean, std=std)
+
+    def uint8_transform(self, train: bool = False):
+        """The training loader's preprocessing: the same resize/crop/RGB steps as `image_transform`, ending in a
+        uint8 [C, H, W] tensor; `ClipModule.normalize_images` finishes on the device (float, /255, mean/std).
+        An image already at the model's square size is not resampled (the synthetic world renders at it)."""
+        steps = [
+            t
+            for t in self.image_transform(train).transforms
+            if type(t).__name__ not in ("MaybeToTensor", "ToTensor", "Normalize")
+        ]
+        return Uint8Transform(steps, self.image_size, skip_if_sized=not train)
+
+
+class Uint8Transform:
+    """PIL image -> uint8 tensor [3, H, W] through `steps` (resize, crop, RGB); picklable for loader workers."""
+
+    def __init__(self, steps: list, size: int, skip_if_sized: bool = True) -> None:
+        self.steps = steps
+        self.size = size
+        self.skip_if_sized = skip_if_sized  # eval steps are the identity on a size x size RGB image
+
+    def __call__(self, image) -> torch.Tensor:
+        import numpy as np
+
+        if not self.skip_if_sized or image.size != (self.size, self.size) or image.mode != "RGB":
+            for step in self.steps:
+                image = step(image)
+        array = np.asarray(image, dtype=np.uint8)
+        if array.ndim == 2:  # a grayscale image the steps did not convert
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return f"Uint8Transform(size={self.size}, steps={self.steps})"
+
+
+def _reshape_logit_params(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: a 0-d `logit_scale`/`logit_bias` in the incoming state (open_clip's own layout)
+    is reshaped to the model's 1-element parameter, and the other way round."""
+    for name in ("logit_scale", "logit_bias"):
+        key, param = prefix + name, getattr(module, name, None)
+        if isinstance(param, torch.Tensor) and key in state_dict and state_dict[key].shape != param.shape:
+            if state_dict[key].numel() == param.numel() == 1:
+                state_dict[key] = state_dict[key].reshape(param.shape)
+
+
+def open_clip_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights in stock open_clip's layout (0-d logit scale/bias), for export."""
+    state = model.state_dict()
+    for name in ("logit_scale", "logit_bias"):
+        if name in state and state[name].numel() == 1:
+            state[name] = state[name].reshape(())
+    return state
 
 
 def checkpoint_model_state(ckpt: dict) -> dict[str, torch.Tensor]:

@@ -15,16 +15,17 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datamodules.atomic import atomic_write_text
 from datamodules.benchmarks.runner import instantiate_benchmarks, markdown_table, run_benchmarks
 from datamodules.datamodule import ClipDataModule
 from lightning_modules.clip_module import ClipModule
 from lightning_modules.console import quiet_libraries
-from lightning_modules.inference import ClipScorer, resolve_device
+from lightning_modules.inference import ClipScorer, load_checkpoint, resolve_device
 from lightning_modules.losses.base import LossSum
 from lightning_modules.model_factory import ModelSpec
+from lightning_modules.parallel import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,19 @@ def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> ClipDataModule:
         )
     return instantiate(
         cfg.data,
-        image_transform=spec.image_transform(train=False),
+        image_transform=spec.uint8_transform(train=False),  # normalised on the device by the module
         tokenizer=spec.tokenizer(),
         negatives=_group(cfg.get("negatives")),
     )
+
+
+def _fill_image_size(cfg: DictConfig, spec: ModelSpec) -> None:
+    """`data.source.image_size: null` (the synthetic world's default) renders at the model's input size, so images
+    need no resampling on the way in; the resolved size is what the run config records."""
+    source = cfg.data.get("source") or {}
+    if "image_size" in source and source.image_size is None:
+        with open_dict(cfg):
+            cfg.data.source.image_size = spec.image_size
 
 
 def eval_context(run_cfg: dict, source: Any) -> dict[str, Any]:
@@ -81,12 +91,13 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         raise FileNotFoundError(f"ckpt_path: checkpoint to resume from not found: '{cfg.ckpt_path}'")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    spec = instantiate(cfg.model)
+    _fill_image_size(cfg, spec)
     run_cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     (out_dir / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(OmegaConf.create(run_cfg), out_dir / ".hydra" / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
 
-    spec = instantiate(cfg.model)
     datamodule = build_datamodule(cfg, spec)
     module = ClipModule(
         spec,
@@ -102,7 +113,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    strategy = instantiate(cfg.strategy) if cfg.get("strategy") is not None else "auto"
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, strategy=strategy, logger=loggers or False, callbacks=callbacks
+    )
     for lg in loggers:
         lg.log_hyperparams(run_cfg)
         if isinstance(lg, L.pytorch.loggers.WandbLogger):  # the run's summary keeps the best, not the last
@@ -130,7 +144,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.evaluate_after and trainer.is_global_zero:
         device = resolve_device(cfg.eval_device)
-        model = module.model.to(device).eval()
+        # Sharded (FSDP) weights are read back from the full state dict in last.ckpt onto one device.
+        model = load_checkpoint(ckpt)[0] if is_sharded(module.model) else module.model
+        model = model.to(device).eval()
         scorer = ClipScorer(
             model, spec.image_transform(), spec.tokenizer(), device=device, batch_size=cfg.eval_batch_size
         )

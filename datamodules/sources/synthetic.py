@@ -40,7 +40,8 @@ class SyntheticWorldSource(Source):
     """Args:
     world: the world definition (vocabulary, held-out combinations, seed).
     num_train / num_val / num_test: scenes per split (one caption each).
-    image_size: rendered image side in pixels.
+    image_size: rendered image side in pixels; None = 48 (train.py fills in the model's input size instead, so
+        images are drawn at the resolution the model reads).
     test_heldout_fraction: fraction of test scenes forced to contain a held-out composition.
     scene_offset: first scene index; a different offset gives disjoint scenes of the same world (the gate scorers
         are trained at offset 1,000,000 so they never see the scenes they later judge).
@@ -53,7 +54,7 @@ class SyntheticWorldSource(Source):
         num_train: int = 20000,
         num_val: int = 1000,
         num_test: int = 1000,
-        image_size: int = 48,
+        image_size: int | None = 48,
         test_heldout_fraction: float = 0.5,
         scene_offset: int = 0,
     ) -> None:
@@ -67,7 +68,9 @@ class SyntheticWorldSource(Source):
                 raise ValueError(f"num_{split} must be >= 0, got {n}")
         if not 0.0 <= test_heldout_fraction <= 1.0:
             raise ValueError(f"test_heldout_fraction must be in [0, 1], got {test_heldout_fraction}")
-        self.image_size = image_size
+        self.image_size = 48 if image_size is None else image_size
+        if self.image_size < 8:
+            raise ValueError(f"data.source.image_size must be >= 8 pixels, got {image_size}")
         self.test_heldout_fraction = test_heldout_fraction
 
     def scene(self, split: str, i: int) -> tuple[Scene, random.Random]:

@@ -1,4 +1,5 @@
-"""PIL renderer of scene graphs (supersampled, so small shapes stay distinguishable at 48 px)."""
+"""PIL renderer of scene graphs (supersampled, so small shapes stay distinguishable at 48 px), drawn at the
+requested size directly (the training loader passes the model's input size: no resampling afterwards)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from PIL import Image, ImageDraw
 from datamodules.world.scene import COLORS, Scene
 
 BACKGROUND = (25, 25, 25)
-SUPERSAMPLE = 4
+
+
+def supersample(size: int) -> int:
+    """Drawing scale before the box-filter downsample: 4x at 48 px (small shapes stay distinguishable), 2x from
+    96 px up (anti-aliased edges at a quarter of the drawing cost: 0.8 vs 2.2 ms per 224 px image)."""
+    return 4 if size < 96 else 2
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
@@ -31,7 +37,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 def render_scene(scene: Scene, size: int = 48) -> Image.Image:
     """Renders `scene` to an RGB image of `size`×`size` pixels."""
-    big = size * SUPERSAMPLE
+    big = size * supersample(size)
     img = Image.new("RGB", (big, big), BACKGROUND)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:

@@ -1,0 +1,87 @@
+"""End-to-end training throughput and loader wait of `train.py` runs (the real loader, workers, generators).
+
+    python benchmarks/loader_throughput.py --name b32_plain -- trainer=gpu model=vit_b32 data.batch_size=256 \
+        data.num_workers=14 trainer.max_steps=150
+    python benchmarks/loader_throughput.py --name b32_hardneg -- experiment=hardneg trainer=gpu model=vit_b32 ...
+
+Each run trains with validation, test and benchmarks off and the CSV logger every 5 steps; the JSON line reports
+the medians of `train/samples_per_second` and `train/data_wait_fraction` (share of each step spent waiting for the
+next batch) after `--skip` steps of warm-up (worker start, cudnn autotune), and appends it to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FIXED = [
+    "run_test=false",
+    "evaluate_after=false",
+    "logger=csv",
+    "callbacks=none",
+    "trainer.log_every_n_steps=5",
+    "trainer.val_check_interval=100000",  # no validation inside the measured window
+    "+trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def medians(metrics_csv: Path, skip: int) -> dict[str, float]:
+    cols: dict[str, list[float]] = {"train/samples_per_second": [], "train/data_wait_fraction": []}
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            if int(row.get("step") or 0) < skip:
+                continue
+            for k, vals in cols.items():
+                if row.get(k):
+                    vals.append(float(row[k]))
+    return {k.split("/")[1] + "_median": round(statistics.median(v), 4) for k, v in cols.items() if v} | {
+        "points": len(cols["train/samples_per_second"])
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--skip", type=int, default=30, help="warm-up steps left out of the medians")
+    ap.add_argument("--run-dir", type=Path, default=Path("/tmp/hardneg_loader"))
+    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loader_throughput.jsonl")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    run_dir = args.run_dir / args.name
+    cmd = [sys.executable, str(ROOT / "train.py"), *FIXED, *args.overrides, f"hydra.run.dir={run_dir}"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    result: dict = {
+        "name": args.name,
+        "overrides": args.overrides,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    if p.returncode != 0:
+        result |= {"status": "failed", "log_tail": (p.stdout + p.stderr)[-2000:]}
+    else:
+        result |= {"status": "ok", **medians(run_dir / "csv" / "metrics.csv", args.skip)}
+        try:
+            import torch
+
+            result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+    print(json.dumps(result), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Strategies (lightning_modules/parallel.py): FSDP2 and DDP give the single-device loss and gradients on the same
+batch; the uint8 loader path is exact; the 1-element logit scale loads old 0-d checkpoints."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import pytest
+import torch
+from PIL import Image
+
+from datamodules.dataset import ClipDataset, collate
+from datamodules.sources.synthetic import SyntheticWorldSource
+from lightning_modules.clip_module import ClipModule
+from lightning_modules.losses.base import LossSum
+from lightning_modules.losses.contrastive import ContrastiveLoss
+from lightning_modules.model_factory import ModelSpec
+from lightning_modules.parallel import FSDP2Strategy, ddp, is_sharded, shard_model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_module(seed: int = 0) -> ClipModule:
+    torch.manual_seed(seed)
+    return ClipModule(
+        ModelSpec(name="tiny-vit"),
+        LossSum({"contrastive": ContrastiveLoss()}),
+        optimizer=lambda params: torch.optim.AdamW(params),
+    )
+
+
+def make_batch(indices: list[int], spec: ModelSpec | None = None):
+    spec = spec or ModelSpec(name="tiny-vit")
+    source = SyntheticWorldSource(num_train=16, num_val=0, num_test=0)
+    ds = ClipDataset(source.records("train"), spec.uint8_transform(), spec.tokenizer())
+    return collate([ds[i] for i in indices])
+
+
+def loss_and_grads(module: ClipModule, batch, *, device: str = "cpu", autocast_bf16: bool = False):
+    """One forward/backward of the module's own path (normalise, one model forward, fp32 losses)."""
+    module.to(device)
+    batch.images_XCHW, batch.texts_YL = batch.images_XCHW.to(device), batch.texts_YL.to(device)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast_bf16):
+        total, _ = module.compute_loss(module.loss_inputs(batch))
+    total.backward()
+    grads = {}
+    for name, p in module.model.named_parameters():
+        if p.grad is None:  # unused by this loss (none in open_clip's CLIP; kept out of the comparison)
+            continue
+        g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        grads[name.removeprefix("module.")] = g.detach().float().cpu()
+    return total.detach().float().cpu(), grads
+
+
+def _worker(rank, world, port, mode, backend, device, bf16, out):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    module = make_module()
+    per = 8 // world
+    batch = make_batch(list(range(rank * per, (rank + 1) * per)))
+    if mode == "fsdp":
+        module.model.to(device)
+        shard_model(
+            module.model,
+            init_device_mesh(device, (world,)),
+            param_dtype=torch.bfloat16 if bf16 else None,
+            reduce_dtype=torch.float32,
+        )
+        assert is_sharded(module.model)
+    else:
+        module.model = torch.nn.parallel.DistributedDataParallel(module.model.to(device))
+    loss, grads = loss_and_grads(module, batch, device=device, autocast_bf16=bf16)
+    losses = [None] * world
+    dist.all_gather_object(losses, loss.item())
+    if rank == 0:  # a file, not a queue: shared-memory tensors die with the process
+        torch.save((sum(losses) / world, grads), out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run_distributed(
+    mode: str, world: int, out, backend: str = "gloo", device: str = "cpu", bf16: bool = False
+):
+    """(mean loss over ranks, full gradients) of `world` processes, each with its share of the 8-sample batch."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(r, world, port, mode, backend, device, bf16, str(out)))
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+def test_two_process_loss_and_gradients_equal_single_process(mode, tmp_path):
+    ref_loss, ref_grads = loss_and_grads(make_module(), make_batch(list(range(8))))
+    loss, grads = run_distributed(mode, world=2, out=tmp_path / "grads.pt")
+    assert abs(loss - ref_loss.item()) < 1e-5
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_uint8_loader_path_is_bit_identical_to_the_float_transform():
+    spec = ModelSpec(name="tiny-vit")
+    module = make_module()
+    rng = random.Random(0)
+    images = [
+        Image.new("RGB", (48, 48), (200, 30, 60)),  # already at the model's size: not resampled
+        Image.frombytes("RGB", (40, 30), bytes(rng.randrange(256) for _ in range(40 * 30 * 3))),  # resized
+        Image.frombytes("L", (48, 48), bytes(rng.randrange(256) for _ in range(48 * 48))),  # grayscale
+    ]
+    for im in images:
+        u8 = spec.uint8_transform()(im)
+        assert u8.dtype == torch.uint8 and u8.shape == (3, 48, 48)
+        assert torch.equal(module.normalize_images(u8[None])[0], spec.image_transform()(im))
+
+
+def test_logit_scale_is_one_element_and_old_scalar_states_load(tmp_path):
+    spec = ModelSpec(name="tiny-vit")
+    model = spec.build()
+    assert model.logit_scale.shape == (1,)
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    old["logit_scale"] = torch.tensor(3.25)  # open_clip's (and this project's earlier) 0-d layout
+    fresh = spec.build()
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.logit_scale.shape == (1,) and fresh.logit_scale.item() == 3.25
+    # A LightningModule checkpoint (prefix model.) and its AdamW moments of the 0-d scale.
+    module = make_module()
+    ckpt = {
+        "optimizer_states": [
+            {
+                "state": {
+                    0: {
+                        "step": torch.tensor(3.0),
+                        "exp_avg": torch.tensor(0.1),
+                        "exp_avg_sq": torch.tensor(0.01),
+                    }
+                }
+            }
+        ]
+    }
+    module.on_load_checkpoint(ckpt)
+    st = ckpt["optimizer_states"][0]["state"][0]
+    assert st["exp_avg"].shape == (1,) and st["exp_avg_sq"].shape == (1,) and st["step"].ndim == 0
+    module.load_state_dict({f"model.{k}": v for k, v in old.items()}, strict=True)
+    assert module.model.logit_scale.item() == 3.25
+
+
+def test_strategy_configs_build_and_reject_bad_values():
+    s = FSDP2Strategy(param_dtype="bfloat16", activation_checkpointing=True)
+    assert s._save_distributed_checkpoint is False and s.shard_modules[0] == "ResidualAttentionBlock"
+    with pytest.raises(ValueError, match="strategy.param_dtype"):
+        FSDP2Strategy(param_dtype="bf8")
+    with pytest.raises(ValueError, match="strategy.start_method"):
+        ddp(start_method="thread")
+    assert ddp(start_method="spawn")._start_method == "spawn"
