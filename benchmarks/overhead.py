@@ -117,6 +117,10 @@ class Interleave(L.Callback):
         self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        # The framework's queued GPU work must finish before the bare step's clock starts, or its tail is billed
+        # to the bare step (measured on an H100 before this sync: ratios of 0.76-0.82 for ViT-B/16 and L/14).
+        if batch.images_XCHW.is_cuda:
+            torch.cuda.synchronize()
         self.bare.step()
         self.bare_in_between.append(self.bare.times[-1])
 

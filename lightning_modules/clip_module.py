@@ -157,12 +157,28 @@ class ClipModule(L.LightningModule):
         log["train/bad_samples"] = float(
             self._bad_samples
         )  # cumulative on this rank: unreadable images replaced
-        self.log_dict(log, prog_bar=False, batch_size=b)
-        self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
+        if self._logging_step():
+            self.log_dict(log, prog_bar=False, batch_size=b)
+            self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
         self._accumulate_diag("train", x)
-        if (self.trainer.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
+        if self._logging_step():
             self._log_diag("train")
         return total
+
+    def _logging_step(self) -> bool:
+        """Whether this training step's values reach the loggers: every `trainer.log_every_n_steps` steps and the
+        last one. Step values are logged only then: each `self.log` call costs Lightning ~0.5-0.8 ms of CPU (it
+        moves its result object's state with a recursive apply), and 10 of them per step were most of the
+        framework's overhead over a bare loop (BENCHMARKS.md, "Framework overhead")."""
+        t = self._trainer
+        if t is None:
+            return True
+        step = t.global_step + 1
+        return (
+            step % max(t.log_every_n_steps, 1) == 0
+            or (t.max_steps > 0 and step >= t.max_steps)
+            or bool(t.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        )
 
     # -- diagnostics ------------------------------------------------------------------------------------------
     def _accumulate_diag(self, split: str, x: LossInputs) -> None:
@@ -220,7 +236,7 @@ class ClipModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         now = time.perf_counter()
-        if self._t_last is not None:
+        if self._t_last is not None and self._logging_step():
             step = max(now - self._t_last, 1e-9)
             global_batch = batch.num_pos * self.trainer.world_size
             self.log("train/samples_per_second", global_batch / step, batch_size=1)
