@@ -69,7 +69,9 @@ def _worker(rank, world, port, mode, backend, device, bf16, out):
     module = make_module()
     per = 8 // world
     batch = make_batch(list(range(rank * per, (rank + 1) * per)))
-    if mode == "fsdp":
+    if mode.startswith("fsdp"):
+        if mode == "fsdp_checkpointing":  # activation checkpointing inside the shard units
+            module.model.set_grad_checkpointing(True)
         module.model.to(device)
         shard_model(
             module.model,
@@ -108,7 +110,7 @@ def run_distributed(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+@pytest.mark.parametrize("mode", ["fsdp", "fsdp_checkpointing", "ddp"])
 def test_two_process_loss_and_gradients_equal_single_process(mode, tmp_path):
     ref_loss, ref_grads = loss_and_grads(make_module(), make_batch(list(range(8))))
     loss, grads = run_distributed(mode, world=2, out=tmp_path / "grads.pt")
