@@ -43,7 +43,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metrics.get("val/r_mean")  # the value an Optuna sweep optimises
+    name = cfg.get("optimized_metric") or "val/r_mean"
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric: '{name}' is not among the run's metrics ({sorted(metrics)[:12]} ...)"
+        )
+    return metrics[name]  # the value an Optuna sweep optimises
 
 
 if __name__ == "__main__":

@@ -48,16 +48,37 @@ def headline_metrics(m: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _group_and_seed(run: Path) -> tuple[str, Any]:
-    """A run's group (its overrides without seed and folder/logging keys; the folder name without an overrides
-    file) and its seed override (None if absent)."""
+def _overrides_and_seed(run: Path) -> tuple[list[str] | None, Any]:
+    """A run's overrides without seed and folder/logging keys (None without an overrides file) and its seed
+    override (None if absent)."""
     ov = run / ".hydra" / "overrides.yaml"
     if not ov.is_file():
-        return run.name, None
+        return None, None
     items = yaml.safe_load(ov.read_text()) or []
     kept = [o for o in items if not o.lstrip("+~").startswith(IGNORED_KEYS)]
     seed = next((o.split("=", 1)[1] for o in items if o.startswith("seed=")), None)
-    return " ".join(sorted(kept)) or "(defaults)", seed
+    return sorted(kept), seed
+
+
+def _groups_and_seeds(runs: list[Path]) -> dict[Path, tuple[str, Any]]:
+    """Each run's group: its overrides minus those every run shares (a sweep's fixed command-line settings), so
+    groups are named by what was swept; the folder name for a run without an overrides file."""
+    parsed = {run: _overrides_and_seed(run) for run in runs}
+    lists = [set(ov) for ov, _ in parsed.values() if ov is not None]
+    common = set.intersection(*lists) if len(lists) > 1 else set()
+    out = {}
+    for run, (ov, seed) in parsed.items():
+        if ov is None:
+            out[run] = (run.name, None)
+        else:
+            out[run] = (" ".join(o for o in ov if o not in common) or "(defaults)", seed)
+    return out
+
+
+def common_overrides(root: Path) -> list[str]:
+    """The overrides shared by every run below `root` (shown once above the summary table)."""
+    lists = [set(ov) for ov, _ in (_overrides_and_seed(r) for r in find_runs(root)) if ov is not None]
+    return sorted(set.intersection(*lists)) if len(lists) > 1 else []
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -73,8 +94,10 @@ def collect(root: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     groups: dict[str, dict[str, list[float]]] = {}
     seeds: dict[str, list] = {}
     failed: list[str] = []
-    for run in find_runs(root):
-        g, seed = _group_and_seed(run)
+    runs = find_runs(root)
+    names = _groups_and_seeds(runs)
+    for run in runs:
+        g, seed = names[run]
         if (run / "FAILED").is_file() and not (run / "metrics.json").is_file():
             failed.append(f"{run.relative_to(root)} ({g})")
             continue
@@ -83,8 +106,9 @@ def collect(root: str | Path, out: str | Path | None = None) -> dict[str, Any]:
             groups.setdefault(g, {}).setdefault(k, []).append(v)
         seeds.setdefault(g, []).append(seed)
     columns = list(dict.fromkeys(k for cols in groups.values() for k in cols))
-    _write(out, groups, seeds, columns, failed)
-    return {"groups": groups, "failed": failed, "columns": columns}
+    common = common_overrides(root) if len(runs) > 1 else []
+    _write(out, groups, seeds, columns, failed, common)
+    return {"groups": groups, "failed": failed, "columns": columns, "common": common}
 
 
 def fmt(values: list[float]) -> str:
@@ -96,7 +120,9 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def _write(out: Path, groups: dict, seeds: dict, columns: list[str], failed: list[str]) -> None:
+def _write(
+    out: Path, groups: dict, seeds: dict, columns: list[str], failed: list[str], common: list[str] = ()
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -106,7 +132,8 @@ def _write(out: Path, groups: dict, seeds: dict, columns: list[str], failed: lis
         stds = [statistics.stdev(cols[c]) if len(cols.get(c, [])) > 1 else "" for c in columns]
         w.writerow([g, len(seeds[g]), *means, *stds])
     atomic_write_text(out / "summary.csv", buf.getvalue())
-    lines = [
+    lines = [f"All runs: `{' '.join(common)}`", ""] if common else []
+    lines += [
         "| group | runs | " + " | ".join(columns) + " |",
         "|---|---:|" + "---:|" * len(columns),
         *[

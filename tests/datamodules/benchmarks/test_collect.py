@@ -59,8 +59,7 @@ def test_a_multirun_ends_with_its_summary(tmp_path):
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert sorted(r["group"] for r in rows) == [
-        "debug=fdr experiment=clip_baseline",
-        "debug=fdr experiment=negclip_text",
-    ]
+    # Groups are named by what was swept; the shared overrides are listed once above the table.
+    assert sorted(r["group"] for r in rows) == ["experiment=clip_baseline", "experiment=negclip_text"]
     assert all(r["runs"] == "2" for r in rows) and (tmp_path / "summary.png").is_file()
+    assert "All runs: `debug=fdr" in (tmp_path / "summary.md").read_text()
