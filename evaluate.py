@@ -35,15 +35,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     oc = cfg.get("open_clip")
     models = load_models(paths, OmegaConf.to_container(oc) if oc is not None else None)
     out_dir = Path(cfg.paths.output_dir)
+    reports: dict[str, dict] = {}
     per_model = compare_models(
         models,
         instantiate_benchmarks(cfg.benchmark),
         out_dir,
         device=resolve_device(cfg.device),
         batch_size=cfg.batch_size,
+        reports=reports,
     )
     if cfg.get("log_wandb"):
-        log_to_wandb(cfg, per_model, models, paths)
+        log_to_wandb(cfg, reports, models, paths)
     (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / ".hydra" / "config.yaml", resolve=True)
     print(f"run dir: {out_dir}")
@@ -59,14 +61,17 @@ def training_wandb_id(run_cfg: dict, ckpt_path: str | None) -> str | None:
     return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 
-def log_to_wandb(cfg: DictConfig, per_model: dict[str, dict[str, float]], models: dict, paths: list) -> None:
+def log_to_wandb(cfg: DictConfig, reports: dict[str, dict], models: dict, paths: list) -> None:
     """One W&B run per evaluated model (job_type evaluate, grouped by the model's experiment), with stable keys
-    `eval/<benchmark>/<subset>/<metric>`, a table of all scores, the evaluate config, the checkpoint's training
-    config and the training run's W&B id."""
+    `eval/<benchmark>/<subset>/<metric>`, the evaluation as media (`wandb_media.log_eval_media`: long table, bar
+    chart, failure cases), the evaluate config, the checkpoint's training config and the training run's W&B id."""
     import wandb
 
+    from lightning_modules.wandb_media import log_eval_media
+
     ckpts = {label: p for label, p in zip(models, paths)}
-    for label, res in per_model.items():
+    for label, report in reports.items():
+        res = report["results"]
         run_cfg = models[label][2] or {}
         tags = list(run_cfg.get("tags") or [])
         run = wandb.init(
@@ -85,10 +90,8 @@ def log_to_wandb(cfg: DictConfig, per_model: dict[str, dict[str, float]], models
             reinit="finish_previous",
         )
         try:
-            table = wandb.Table(columns=["benchmark", "subset", "metric", "score"])
-            for key, value in res.items():
-                table.add_data(*key.split("/", 2), value)
-            run.log({"eval/table": table, **{f"eval/{k}": v for k, v in res.items()}})
+            run.log({f"eval/{k}": v for k, v in res.items()})
+            log_eval_media(run, report)
         finally:
             wandb.finish()
 

@@ -37,6 +37,11 @@ class ClipScorer:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.progress: Any = None  # a tqdm-like bar counting encoded items (set by the benchmark runner)
+
+    def _count(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -46,6 +51,7 @@ class ClipScorer:
                 self.device
             )
             out.append(F.normalize(self.model.encode_image(x).float(), dim=-1).cpu())
+            self._count(len(x))
         return torch.cat(out) if out else torch.empty(0)
 
     @torch.no_grad()
@@ -62,6 +68,7 @@ class ClipScorer:
         for s in range(0, len(texts), self.batch_size):
             t = self.tokenizer(list(texts[s : s + self.batch_size])).to(self.device)
             out.append(F.normalize(self.model.encode_text(t).float(), dim=-1).cpu())
+            self._count(len(t))
         return torch.cat(out) if out else torch.empty(0)
 
 

@@ -26,6 +26,7 @@ from lightning_modules.inference import ClipScorer, load_checkpoint, resolve_dev
 from lightning_modules.losses.base import LossSum
 from lightning_modules.model_factory import ModelSpec
 from lightning_modules.parallel import is_sharded
+from lightning_modules.wandb_media import log_eval_media
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,14 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             instantiate_benchmarks(cfg.get("benchmark")),
             out_dir / "eval",
             context=eval_context(run_cfg, datamodule.source),
+            model_info=(spec.name, str(ckpt)),
         )
         metrics.update({f"eval/{k}": v for k, v in report["results"].items()})
         print(markdown_table(report["results"], report["chance"], report["counts"]))
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in report["results"].items()}, step=trainer.global_step)
+            if isinstance(lg, L.pytorch.loggers.WandbLogger):  # score table, bar chart, failure cases
+                log_eval_media(lg.experiment, report)
 
     save_metrics()
     if trainer.is_global_zero:

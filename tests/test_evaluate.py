@@ -96,6 +96,8 @@ def test_wandb_offline_logging(two_checkpoints, cfg_factory, tmp_path, monkeypat
     # stable keys: eval/<benchmark>/<subset>/<metric>, no run-folder name or timestamp in them
     assert logged["eval/synthetic/swap_objects/acc"] == res["synthetic/swap_objects/acc"]
     assert logged["eval/table/_type"] == "table-file" and logged["eval/table/nrows"] == len(res)
+    assert logged["eval/failures/_type"] == "table-file" and logged["eval/failures/nrows"] > 0
+    assert logged["eval/failure_images/count"] > 0 and logged["eval/bar_table/nrows"] > 0
 
 
 LOAD_LOCAL_DIR = """
@@ -130,3 +132,95 @@ def test_exported_folder_loads_in_plain_open_clip_with_no_code(two_checkpoints, 
         txt = model.encode_text(spec.tokenizer()(["a red circle left of a blue square"]))
     torch.testing.assert_close(torch.tensor(theirs["img"]), img[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.tensor(theirs["txt"]), txt[0], atol=1e-5, rtol=1e-4)
+
+
+def _sugarcrepe_fixture(root) -> None:
+    """A SugarCrepe-format swap_obj subset (clip_benchmark's layout: <root>/swap_obj.json + <root>/val2017/) of
+    rendered two-object scenes; the negative swaps the two colours (never equal to the caption: no ties)."""
+    import random
+
+    from datamodules.world import World
+    from datamodules.world.render import render_scene
+
+    (root / "val2017").mkdir(parents=True)
+    world, ann, i = World(seed=0, min_objects=2, max_objects=2), {}, 0
+    while len(ann) < 12:
+        scene = world.sample_scene(random.Random(i), heldout_ok=False)
+        i += 1
+        a, b = scene.objects[:2]
+        if a.color == b.color:
+            continue
+        render_scene(scene, 48).save(root / "val2017" / f"{i:012d}.jpg")
+        ann[str(3 * i)] = {  # non-contiguous ids, as in the official files
+            "filename": f"{i:012d}.jpg",
+            "caption": f"a {a.color} {a.shape} and a {b.color} {b.shape}",
+            "negative_caption": f"a {b.color} {a.shape} and a {a.color} {b.shape}",
+        }
+    (root / "swap_obj.json").write_text(json.dumps(ann))
+
+
+def test_clip_benchmark_scores_the_exported_folder_as_evaluate_does(two_checkpoints, cfg_factory, tmp_path):
+    """The exported open_clip folder loads in clip_benchmark with no code (`--model local-dir:<folder>`); its
+    sugar_crepe score equals evaluate.py's on the same data, and evaluate.py's clip_benchmark-format JSON merges with
+    clip_benchmark's own output under `clip_benchmark build`."""
+    import csv
+    import subprocess
+    import sys
+
+    pytest.importorskip("clip_benchmark")
+    data = tmp_path / "sugarcrepe"
+    _sugarcrepe_fixture(data)
+    folder = export_checkpoint(two_checkpoints[0], tmp_path / "exported")
+    theirs = tmp_path / "cb" / "theirs.json"
+    theirs.parent.mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "clip_benchmark.cli",
+        "eval",
+        "--dataset",
+        "sugar_crepe/swap_obj",
+        "--dataset_root",
+        str(data),
+        "--model",
+        f"local-dir:{folder}",
+        "--pretrained",
+        "",
+        "--task",
+        "image_caption_selection",
+        "--output",
+        str(theirs),
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--no_amp",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
+    res = evaluate(
+        cfg_factory(
+            f"ckpt_path={two_checkpoints[0]}",
+            "benchmark=sugarcrepe",
+            f"benchmark.sugarcrepe.root={data}",
+            f"benchmark.sugarcrepe.image_dir={data}/val2017",
+            "benchmark.sugarcrepe.subsets=[swap_obj]",
+            config_name="evaluate",
+        )
+    )
+    cb = json.loads(theirs.read_text())
+    assert 100 * cb["metrics"]["text_acc"] == pytest.approx(res["sugarcrepe/swap_obj/acc"], abs=1e-4)
+    ours = json.loads((tmp_path / "clip_benchmark" / "sugar_crepe_swap_obj.json").read_text())
+    assert ours["dataset"] == cb["dataset"] == "sugar_crepe/swap_obj" and ours["task"] == cb["task"]
+    assert ours["metrics"]["acc"] == pytest.approx(cb["metrics"]["acc"], abs=1e-6)
+    merged = tmp_path / "benchmark.csv"
+    (tmp_path / "cb" / "ours.json").write_text(json.dumps(ours))
+    p = subprocess.run(
+        [sys.executable, "-m", "clip_benchmark.cli", "build", str(tmp_path / "cb"), "--output", str(merged)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = list(csv.DictReader(merged.open()))
+    assert len(rows) == 2 and len({round(float(r["acc"]), 6) for r in rows}) == 1

@@ -344,3 +344,33 @@ def test_wandb_run_is_named_grouped_and_holds_the_config_once(cfg_factory, tmp_p
     assert run["config"]["model"]["name"] == "tiny-vit" and "run_config" not in run["config"]
     logged = {k for row in run["history"] for k in row}
     assert {"train/loss", "val/r_mean", "eval/synthetic/mean/acc"} <= logged
+
+
+def test_wandb_run_holds_the_negatives_table_and_the_eval_media(cfg_factory, tmp_path, monkeypatch):
+    """experiment=hardneg with logger=wandb (offline): a table of training items with their hard negatives at the
+    start and after each validation, their images, and the evaluation as a table, a bar chart and failure cases."""
+    from tests.helpers import read_wandb_offline
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(
+        cfg_factory(
+            "logger=wandb", "experiment=hardneg", "trainer.max_steps=4", "trainer.val_check_interval=2"
+        )
+    )
+    run_dir = next(tmp_path.glob("wandb/offline-run-*"))
+    history = read_wandb_offline(run_dir)["history"]
+    tables = [row for row in history if row.get("train/negatives/_type") == "table-file"]
+    assert len(tables) == 3  # fit start + two validations
+    table = json.loads((run_dir / "files" / tables[0]["train/negatives/path"]).read_text())
+    assert table["columns"][:5] == ["id", "image", "caption", "kind", "modality"]
+    kinds = {row[3] for row in table["data"]}
+    assert "relation/position" in kinds or "compositional/position" in kinds, kinds
+    edited = [row for row in table["data"] if row[4] == "image"]
+    assert edited and all(row[7] for row in edited)  # each edited image names the caption it matches
+    images = [row for row in history if "train/negatives_images/_type" in row]
+    assert images and images[0]["train/negatives_images/count"] > len(edited) // 3
+    assert list((run_dir / "files" / "media" / "images").glob("train/negatives_images_*.png"))
+    logged = {k: v for row in history for k, v in row.items()}
+    for key in ("eval/table", "eval/failures", "eval/bar_table"):
+        assert logged[f"{key}/_type"] == "table-file", key
+    assert logged["eval/table/nrows"] == len([k for k in logged if k.startswith("eval/synthetic/")])

@@ -144,3 +144,54 @@ def failures_html(
     path = out_dir / "failures.html"
     atomic_write_text(path, "\n".join(parts))
     return path
+
+
+CLIP_BENCHMARK_TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
+
+
+def write_clip_benchmark_json(
+    out_dir: Path, results: dict[str, float], model: str, pretrained: str
+) -> list[Path]:
+    """Writes `clip_benchmark/<dataset>.json` per benchmark subset in clip_benchmark's result format
+    ({"dataset", "model", "pretrained", "task", "metrics", "language"}; scores as fractions), so `clip_benchmark
+    build <dir>` merges them with clip_benchmark's own results. SugarCrepe subsets are named as clip_benchmark names
+    them (`sugar_crepe/<subset>`, metrics `acc` and `text_acc`: one image, two captions, so the two coincide);
+    other benchmarks as `hardneg/<benchmark>/<subset>`."""
+    per_dataset: dict[str, dict[str, Any]] = {}
+    for key, value in results.items():
+        bench, subset, metric = key.split("/", 2)
+        if bench == "sugarcrepe" and subset in (
+            "add_att",
+            "add_obj",
+            "replace_att",
+            "replace_obj",
+            "replace_rel",
+            "swap_att",
+            "swap_obj",
+        ):
+            dataset, metrics = f"sugar_crepe/{subset}", {metric: value / 100, "text_acc": value / 100}
+        else:
+            dataset, metrics = f"hardneg/{bench}/{subset}", {metric: value / 100}
+        task = next(
+            (t for prefix, t in CLIP_BENCHMARK_TASKS.items() if bench.startswith(prefix)),
+            "image_caption_selection",
+        )
+        entry = per_dataset.setdefault(
+            dataset,
+            {
+                "dataset": dataset,
+                "model": model,
+                "pretrained": pretrained,
+                "task": task,
+                "metrics": {},
+                "language": "en",
+            },
+        )
+        entry["metrics"] |= metrics
+    folder = Path(out_dir) / "clip_benchmark"
+    paths = []
+    for dataset, entry in per_dataset.items():
+        path = folder / (dataset.replace("/", "_") + ".json")
+        atomic_write_text(path, json.dumps(entry, indent=1))
+        paths.append(path)
+    return paths

@@ -10,12 +10,14 @@ fitting and by evaluate.py.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from datamodules.atomic import atomic_write_text
 from datamodules.benchmarks.base import Benchmark
@@ -24,6 +26,7 @@ from datamodules.benchmarks.report import (
     comparison_table,
     failures_html,
     markdown_table,
+    write_clip_benchmark_json,
     write_tables,
 )
 from datamodules.sources.synthetic import world_from_run_config
@@ -52,12 +55,19 @@ def instantiate_benchmarks(cfg_benchmarks: DictConfig | dict | None) -> dict[str
 
 
 def run_benchmarks(
-    scorer: ClipScorer, benchmarks: dict[str, Benchmark], out_dir: Path, context: dict[str, Any] | None = None
+    scorer: ClipScorer,
+    benchmarks: dict[str, Benchmark],
+    out_dir: Path,
+    context: dict[str, Any] | None = None,
+    model_info: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Runs every benchmark and writes the per-model reports into `out_dir`. A benchmark whose data is missing is
-    reported (logged, and under "errors") and skipped; the others still run.
+    reported (logged, and under "errors") and skipped; the others still run. With `model_info` = (model, pretrained)
+    the scores are also written in clip_benchmark's JSON format (`<out_dir>/clip_benchmark/*.json`).
 
-    Returns {"results": {bench/subset/metric: value}, "chance", "counts", "errors": {bench: msg}, "notes"}.
+    Returns {"results": {bench/subset/metric: value}, "chance", "counts", "errors": {bench: msg}, "notes",
+    "failures": {bench: [failure dicts, PIL images included]}}. A progress bar per benchmark counts the images and
+    captions encoded (on a terminal).
     """
     results: dict[str, float] = {}
     chance: dict[str, float] = {}
@@ -67,12 +77,19 @@ def run_benchmarks(
     failures: dict[str, list] = {}
     for key, bench in benchmarks.items():
         name = getattr(bench, "name", key)
+        bar = tqdm(desc=f"eval {name}", unit=" encoded", disable=None, leave=False, dynamic_ncols=True)
+        scorer.progress = bar
+        t0 = time.perf_counter()
         try:
             res = bench.run(scorer, context=context)
         except FileNotFoundError as e:
             log.error("benchmark %s skipped: %s", name, e)
             errors[name] = str(e)
             continue
+        finally:
+            bar.close()
+            scorer.progress = None
+        log.info("benchmark %s: %d scores in %.1f s", name, len(res.metrics), time.perf_counter() - t0)
         results.update({f"{name}/{k}": v for k, v in res.metrics.items()})
         chance.update({f"{name}/{k}": v for k, v in res.chance.items()})
         counts.update({f"{name}/{k}": v for k, v in res.counts.items()})
@@ -80,10 +97,19 @@ def run_benchmarks(
         if res.failures:
             failures[name] = res.failures
     write_tables(out_dir, results, chance, counts, errors, notes)
+    if model_info is not None and results:
+        write_clip_benchmark_json(out_dir, results, *model_info)
     if results:
         bar_plots(out_dir, {"model": results}, chance)
     failures_html(out_dir, failures)
-    return {"results": results, "chance": chance, "counts": counts, "errors": errors, "notes": notes}
+    return {
+        "results": results,
+        "chance": chance,
+        "counts": counts,
+        "errors": errors,
+        "notes": notes,
+        "failures": failures,
+    }
 
 
 def compare_models(
@@ -93,11 +119,12 @@ def compare_models(
     *,
     device: torch.device,
     batch_size: int = 256,
+    reports: dict[str, dict] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Scores each model (label -> (model, spec, run config)) on `benchmarks` (the synthetic benchmark on the world
     rebuilt from each run config), one report folder per model (the
     run folder itself for a single model), plus comparison.md and plots for several. Prints each table.
-    Returns label -> flat results."""
+    Returns label -> flat results; `reports` (if given) receives label -> the full report of `run_benchmarks`."""
     per_model: dict[str, dict[str, float]] = {}
     chance: dict[str, float] = {}
     for label, (model, spec, run_cfg) in models.items():
@@ -107,8 +134,10 @@ def compare_models(
         sub = out_dir if len(models) == 1 else out_dir / label
         world, size = world_from_run_config(run_cfg)
         context = {"run_config": run_cfg, "world": world, "image_size": size}
-        report = run_benchmarks(scorer, benchmarks, sub, context=context)
+        report = run_benchmarks(scorer, benchmarks, sub, context=context, model_info=(spec.name, label))
         per_model[label] = report["results"]
+        if reports is not None:
+            reports[label] = report
         chance.update(report["chance"])
         print(f"## {label}\n" + markdown_table(report["results"], report["chance"], report["counts"]))
         model.cpu()
