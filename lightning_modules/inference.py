@@ -156,17 +156,27 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelSpec, dict]
     return model.eval(), spec, run_cfg
 
 
+def _experiment_label(run_cfg: dict | None) -> str | None:
+    tags, seed = (run_cfg or {}).get("tags"), (run_cfg or {}).get("seed")
+    return f"{tags[0]}-seed{seed}" if tags and seed is not None else None
+
+
 def load_models(
     ckpt_paths: Sequence[str | Path], open_clip_cfg: dict | None = None
 ) -> dict[str, tuple[torch.nn.Module, ModelSpec, dict]]:
     """label -> (model, spec, run config) for train.py checkpoints and/or one open_clip architecture + weights
-    (`{"name", "pretrained", "quick_gelu"}`). A checkpoint's label is its run folder name."""
+    (`{"name", "pretrained", "quick_gelu"}`). A checkpoint's label names its experiment and seed
+    (`<first tag>-seed<N>`, e.g. `hardneg-seed0`, from the config inside it); when two checkpoints share that, or a
+    checkpoint has no config, the run folder name is used (multirun folders are just `0`, `1`, ...)."""
+    loaded = [load_checkpoint(p) for p in ckpt_paths]
+    names = [_experiment_label(run_cfg) for _, _, run_cfg in loaded]
     out: dict[str, tuple] = {}
-    for p in ckpt_paths:
-        label = Path(p).parent.parent.name if Path(p).parent.name == "checkpoints" else Path(p).stem
+    for p, item, name in zip(ckpt_paths, loaded, names):
+        folder = Path(p).parent.parent.name if Path(p).parent.name == "checkpoints" else Path(p).stem
+        label = name if name and names.count(name) == 1 else (f"{name}@{folder}" if name else folder)
         while label in out:
             label += "'"
-        out[label] = load_checkpoint(p)
+        out[label] = item
     oc = open_clip_cfg or {}
     if oc.get("name"):
         spec = ModelSpec(

@@ -178,8 +178,11 @@ def log_eval_media(run: Any, report: dict[str, Any], prefix: str = "eval", step:
     failures = [(bench, f) for bench, items in (report.get("failures") or {}).items() for f in items]
     if failures:
         keys: list[str] = []
-        for _, f in failures:
-            keys += [k for k in f if k not in keys]
+        for (
+            _,
+            f,
+        ) in failures:  # the 2x2 image lists of Winoground cases are shown through their joined `image`
+            keys += [k for k in f if k not in keys and k != "images"]
         ftable = wandb.Table(columns=["benchmark", *keys])
         for bench, f in failures:
             cells = []

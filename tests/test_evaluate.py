@@ -90,7 +90,7 @@ def test_wandb_offline_logging(two_checkpoints, cfg_factory, tmp_path, monkeypat
     runs = list(tmp_path.glob("wandb/offline-run-*"))
     assert len(runs) == 1, "one offline W&B run per evaluated model"
     run = read_wandb_offline(runs[0])
-    assert run["job_type"] == "evaluate" and run["name"] == "eval-run00"
+    assert run["job_type"] == "evaluate" and run["name"] == "eval-debug-seed0"  # experiment tag + seed
     assert run["config"]["training"]["model"]["name"] == "tiny-vit"  # the checkpoint's training config
     logged = {k: v for row in run["history"] for k, v in row.items()}
     # stable keys: eval/<benchmark>/<subset>/<metric>, no run-folder name or timestamp in them

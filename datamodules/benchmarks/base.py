@@ -75,3 +75,14 @@ def thumbnail(image: Image.Image, size: int = 192) -> Image.Image:
     im = image.copy()
     im.thumbnail((size, size))
     return im
+
+
+def side_by_side(images: list[Image.Image], height: int = 96) -> Image.Image:
+    """Images scaled to one height and pasted left to right (a Winoground pair as one picture)."""
+    scaled = [im.resize((max(1, round(im.width * height / im.height)), height)) for im in images]
+    out = Image.new("RGB", (sum(im.width for im in scaled) + 4 * (len(scaled) - 1), height), (255, 255, 255))
+    x = 0
+    for im in scaled:
+        out.paste(im.convert("RGB"), (x, 0))
+        x += im.width + 4
+    return out

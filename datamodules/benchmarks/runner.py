@@ -101,7 +101,7 @@ def run_benchmarks(
         write_clip_benchmark_json(out_dir, results, *model_info)
     if results:
         bar_plots(out_dir, {"model": results}, chance)
-    failures_html(out_dir, failures)
+    failures_html(out_dir, failures, results, counts)
     return {
         "results": results,
         "chance": chance,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult
+from datamodules.benchmarks.base import Benchmark, BenchmarkResult, side_by_side
 from datamodules.benchmarks.winoground import winoground_scores
 from datamodules.sources.synthetic import SyntheticWorldSource
 from datamodules.world.claims import (
@@ -163,21 +163,33 @@ class SyntheticBenchmark(Benchmark):
         s_pos = (img * scorer.encode_texts([it["pos"] for it in crepe])).sum(-1)
         s_neg = (img * scorer.encode_texts([it["neg"] for it in crepe])).sum(-1)
         groups: dict[str, list[bool]] = defaultdict(list)
+        wrong: dict[str, list[tuple[float, dict, float, float]]] = defaultdict(list)
         for it, ok, sp, sn in zip(crepe, (s_pos > s_neg).tolist(), s_pos.tolist(), s_neg.tolist()):
             groups[it["category"]].append(ok)
             if it["heldout"]:
                 groups[it["category"] + "-heldout"].append(ok)
-            if not ok and len(out.failures) < self.max_failures:
-                out.failures.append(
-                    {
-                        "subset": it["category"],
-                        "positive": it["pos"],
-                        "negative": it["neg"],
-                        "score_pos": sp,
-                        "score_neg": sn,
-                        "image": render_scene(it["scene"], max(size, 96)),
-                    }
-                )
+            if not ok:
+                wrong[it["category"]].append((sn - sp, it, sp, sn))
+        # Failure cases: the most confidently wrong of each category (not the first in item order), images
+        # rendered only for those kept.
+        per_cat = self.max_failures // max(len(wrong), 1) + 1
+        kept = sorted(
+            (w for ws in wrong.values() for w in sorted(ws, key=lambda w: -w[0])[:per_cat]),
+            key=lambda w: -w[0],
+        )[: self.max_failures]
+        for margin, it, sp, sn in kept:
+            out.failures.append(
+                {
+                    "subset": it["category"],
+                    "heldout": bool(it["heldout"]),
+                    "positive": it["pos"],
+                    "negative": it["neg"],
+                    "score_pos": sp,
+                    "score_neg": sn,
+                    "margin": margin,
+                    "image": render_scene(it["scene"], max(size, 96)),
+                }
+            )
         order = [c for c in self.categories if c in groups] + [
             f"{c}-heldout" for c in self.categories if f"{c}-heldout" in groups
         ]
@@ -209,3 +221,29 @@ class SyntheticBenchmark(Benchmark):
                 out.metrics[f"{name}/{metric}"] = 100.0 * ok[metric][mask].float().mean().item()
                 out.chance[f"{name}/{metric}"] = ch
             out.counts[name] = int(mask.sum())
+        # Failed groups as 2x2 cases: both scenes, both captions, all four scores (worst group margin first).
+        scores = torch.einsum("nid,ncd->nci", img, txt)  # [item, caption, image]
+        margin = (
+            torch.stack(  # how far the best wrong pairing beats the right one
+                [
+                    torch.maximum(scores[:, 1, 0] - scores[:, 0, 0], scores[:, 0, 1] - scores[:, 0, 0]),
+                    torch.maximum(scores[:, 0, 1] - scores[:, 1, 1], scores[:, 1, 0] - scores[:, 1, 1]),
+                ]
+            )
+            .max(0)
+            .values
+        )
+        failed = (~ok["group"]).nonzero().flatten().tolist()
+        for n in sorted(failed, key=lambda n: -float(margin[n]))[: max(self.max_failures // 3, 1)]:
+            it = wino[n]
+            images = [render_scene(sc, max(size, 96)) for sc in it["scenes"]]
+            out.failures.append(
+                {
+                    "subset": f"winoground-{it['kind']}",
+                    "captions": list(it["captions"]),
+                    "images": images,
+                    "scores": scores[n].tolist(),
+                    "margin": float(margin[n]),
+                    "image": side_by_side(images),
+                }
+            )

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkResult, MissingData, require, thumbnail
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkResult,
+    MissingData,
+    require,
+    side_by_side,
+    thumbnail,
+)
 from lightning_modules.inference import ClipScorer
 
 HOW = (
@@ -94,16 +101,32 @@ class Winoground(Benchmark):
                 chance[f"{sub}/{m}"] = ch
             counts[sub] = int(mask.sum())
         failures = []
-        for n in (~ok["group"]).nonzero().flatten().tolist()[: self.max_failures]:
+        # Failed groups as 2x2 cases (both images, both captions, the four scores), worst margin first: how far the
+        # best wrong pairing beats the right one.
+        margin = (
+            torch.stack(
+                [
+                    s[:, 1, 0] - s[:, 0, 0],
+                    s[:, 0, 1] - s[:, 0, 0],
+                    s[:, 0, 1] - s[:, 1, 1],
+                    s[:, 1, 0] - s[:, 1, 1],
+                ]
+            )
+            .max(0)
+            .values
+        )
+        failed = sorted((~ok["group"]).nonzero().flatten().tolist(), key=lambda n: -float(margin[n]))
+        for n in failed[: self.max_failures]:
             it = items[n]
+            images = [thumbnail(it[f"load_{i}"][0](it[f"load_{i}"][1]), 160) for i in (0, 1)]
             failures.append(
                 {
                     "subset": it.get("tag", "all"),
-                    "positive": it["caption_0"],
-                    "negative": it["caption_1"],
-                    "score_pos": float(s[n, 0, 0]),
-                    "score_neg": float(s[n, 1, 0]),
-                    "image": thumbnail(it["load_0"][0](it["load_0"][1])),
+                    "captions": [it["caption_0"], it["caption_1"]],
+                    "images": images,
+                    "scores": s[n].tolist(),
+                    "margin": float(margin[n]),
+                    "image": side_by_side(images),
                 }
             )
         return BenchmarkResult(metrics, chance, counts, failures)
