@@ -1,17 +1,17 @@
-"""Runs experiments × seeds at equal training steps and tabulates the synthetic benchmark (mean ± std over seeds).
+"""Runs experiments × seeds at equal training steps, resumably, and tabulates them with the multirun summary.
 
     python benchmarks/compare_experiments.py --experiments clip_baseline all --seeds 0 1 2
     python benchmarks/compare_experiments.py --summarize-only          # re-tabulate finished runs
 
 Each run is `train.py experiment=<e> seed=<s>` in its own directory `<out>/<e>/seed<s>`; finished runs (with a
-metrics.json) are skipped, so the script resumes. Writes `<out>/summary.md` and `<out>/summary.json`.
+metrics.json) are skipped, so the script resumes (what a Hydra multirun, `train.py -m experiment=a,b seed=0,1,2`,
+does not). The table is `datamodules.benchmarks.collect`'s: `<out>/summary.{csv,md,png}`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from datamodules.benchmarks.collect import fmt  # noqa: E402
+from datamodules.benchmarks.collect import collect, fmt  # noqa: E402, F401 (fmt: used by preprocess_downstream)
 from datamodules.world.claims import CATEGORIES  # noqa: E402
 
 COLUMNS = list(CATEGORIES)  # the synthetic benchmark's categories
@@ -75,41 +75,10 @@ def run(exp: str, seed: int, out: Path, extra: list[str]) -> None:
 
 
 def summarize(out: Path) -> str:
-    rows, data = [], {}
-    for exp_dir in sorted(p for p in out.iterdir() if p.is_dir()):
-        runs = load_runs(exp_dir)
-        if not runs:
-            continue
-        col = lambda key, runs=runs: [r[key] for r in runs if key in r]  # noqa: E731
-        sr = [statistics.mean(r[f"eval/synthetic/{c}/acc"] for c in SWAP_REPLACE) for r in runs]
-        sr_held = [statistics.mean(r[f"eval/synthetic/{c}-heldout/acc"] for c in SWAP_REPLACE) for r in runs]
-        r1 = [(r["val/i2t_r1"] + r["val/t2i_r1"]) / 2 for r in runs]
-        entry = {
-            "seeds": len(runs),
-            "swap_replace_mean": sr,
-            "swap_replace_heldout_mean": sr_held,
-            "val_r1_mean": r1,
-            **{c: col(f"eval/synthetic/{c}/acc") for c in COLUMNS},
-            "winoground_group": col("eval/synthetic/winoground/group"),
-            "wall_seconds": col("_wall"),
-        }
-        data[exp_dir.name] = entry
-        rows.append(
-            f"| {exp_dir.name} | {len(runs)} | **{fmt(sr)}** | {fmt(sr_held)} | "
-            + " | ".join(fmt(entry[c]) for c in COLUMNS)
-            + f" | {fmt(entry['winoground_group'])} | {fmt(r1)} | {fmt([w / 60 for w in entry['wall_seconds']])} |"
-        )
-    head = [
-        "experiment",
-        "seeds",
-        "swap+replace mean",
-        "(held-out)",
-        *COLUMNS,
-        "wino group",
-        "val R@1",
-        "min/run",
-    ]
-    return write_summary(out, head, rows, data)
+    """The table of every finished run below `out`: `datamodules.benchmarks.collect` (the same summary a Hydra
+    multirun ends with: summary.{csv,md,png}, mean ± std over seeds, one row per experiment)."""
+    collect(out)
+    return (out / "summary.md").read_text()
 
 
 def main() -> None:

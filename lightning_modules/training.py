@@ -75,6 +75,24 @@ def _fill_image_size(cfg: DictConfig, spec: ModelSpec) -> None:
             cfg.data.source.image_size = spec.image_size
 
 
+def _hydra_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra job ([] outside one, e.g. under compose())."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # HydraConfig was not set
+        return []
+
+
+def override_tags(overrides: list[str], limit: int = 20) -> list[str]:
+    """W&B tags from Hydra overrides: `key=value` strings without path/logging/Hydra keys, at most 64 characters
+    each (W&B's limit), at most `limit` of them."""
+    skip = ("hydra.", "paths.", "logger", "trainer.enable_progress_bar", "callbacks", "+hydra", "~hydra")
+    tags = [o.lstrip("+~")[:64] for o in overrides if not o.lstrip("+~").startswith(skip)]
+    return tags[:limit]
+
+
 def eval_context(run_cfg: dict, source: Any) -> dict[str, Any]:
     """What benchmarks may use besides the scorer: the run config and the synthetic world (and image size) the run
     trained on, taken from its data source (None for real data)."""
@@ -121,6 +139,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(run_cfg)
         if isinstance(lg, L.pytorch.loggers.WandbLogger):  # the run's summary keeps the best, not the last
+            extra = override_tags(_hydra_overrides())
+            if extra:  # filterable in the W&B UI: the command-line overrides of this run
+                lg.experiment.tags = tuple(dict.fromkeys([*(lg.experiment.tags or ()), *extra]))
             for key in ("val/r_mean", "val/i2t_r1", "val/t2i_r1"):
                 lg.experiment.define_metric(key, summary="max")
 

@@ -254,3 +254,21 @@ def test_struct_mode_rejects_typos(cfg_factory):
     with pytest.raises(ConfigAttributeError):
         _ = cfg.data.batchsize
     assert Path(CONF / "train.yaml").is_file()
+
+
+def test_wandb_tags_from_overrides_drop_paths_and_logging_and_fit_wandbs_limit():
+    from lightning_modules.training import override_tags
+
+    tags = override_tags(
+        [
+            "experiment=hardneg",
+            "seed=1",
+            "paths.log_dir=/x",
+            "logger=wandb",
+            "hydra.run.dir=/y",
+            "+trainer.limit_val_batches=0",
+            "data.source.caption_mix=" + "x" * 99,
+        ]
+    )
+    assert tags[:3] == ["experiment=hardneg", "seed=1", "trainer.limit_val_batches=0"]
+    assert len(tags) == 4 and len(tags[3]) == 64
