@@ -183,6 +183,11 @@ class ClipDataModule(L.LightningDataModule):
             # checkpoint; the resumed process must not draw it again (that would shift every later epoch's order).
             self._quiet_val_seed = bool(state.get("val_iterated")) and self.persistent_workers
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if self.trainer is not None and self.trainer.validating:
             self._val_iterated = True
