@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,sweep]'
+	$(PY) -m pip install -q -e '.[dev,sweep,search]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -131,8 +131,10 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """Tensors moved to `device` (asynchronously from pinned memory), the rest shared. Lightning's generic
         transfer walks every field, each string of the id and kind lists included; this does not."""
-        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                                for f in _TENSOR_FIELDS})
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in _TENSOR_FIELDS},
+        )
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader when pin_memory=True (tensors pinned, the rest shared)."""

@@ -181,9 +181,16 @@ def test_batch_to_moves_tensors_and_shares_the_rest():
 
     from datamodules.dataset import Batch
 
-    b = Batch(images_XCHW=torch.zeros(2, 3, 4, 4, dtype=torch.uint8), texts_YL=torch.ones(3, 5, dtype=torch.long),
-              img_neg_owner_M=torch.zeros(0, dtype=torch.long), img_neg_pair_M=torch.zeros(0, dtype=torch.long),
-              txt_neg_owner_N=torch.tensor([0]), txt_neg_kind_N=["k"], ids_B=["a", "b"], image_keys_B=["a", "b"])
+    b = Batch(
+        images_XCHW=torch.zeros(2, 3, 4, 4, dtype=torch.uint8),
+        texts_YL=torch.ones(3, 5, dtype=torch.long),
+        img_neg_owner_M=torch.zeros(0, dtype=torch.long),
+        img_neg_pair_M=torch.zeros(0, dtype=torch.long),
+        txt_neg_owner_N=torch.tensor([0]),
+        txt_neg_kind_N=["k"],
+        ids_B=["a", "b"],
+        image_keys_B=["a", "b"],
+    )
     moved = b.to("meta")
     assert moved.images_XCHW.device.type == "meta" and moved.texts_YL.device.type == "meta"
     assert moved.ids_B is b.ids_B and moved.txt_neg_kind_N is b.txt_neg_kind_N and moved.num_pos == 2
