@@ -34,12 +34,12 @@ from datamodules.world.claims import (
     holds,
     parse_claim,
 )
-from datamodules.world.scene import COLORS, RELATIONS, Scene, relation_holds
+from datamodules.world.scene import COLORS, RELATIONS, SHAPES, Scene, relation_holds
 
 
 @dataclass(frozen=True)
 class Question:
-    kind: str  # exists | colour | relation | where | count
+    kind: str  # exists | colour | shape | relation | where | count
     text: str
     desc: Desc
     other: Desc | None = None  # relation questions: the second object
@@ -95,6 +95,14 @@ class SceneResponder:
         if q.kind == "count":
             n = sum(q.desc.matches(o) for o in objs)
             return str(max(0, n + (rng.choice([-1, 1]) if wrong else 0)))
+        if q.kind == "shape":  # the shape of an object of this colour (and size, when given)
+            cands = [
+                o for o in objs if o.color == q.desc.color and (q.desc.size is None or o.size == q.desc.size)
+            ]
+            if not cands:
+                return "none"
+            shape = rng.choice(cands).shape
+            return rng.choice([s for s in SHAPES if s != shape]) if wrong else shape
         if q.kind == "colour":  # the colour of an object of this shape (and size, when given)
             cands = [
                 o for o in objs if o.shape == q.desc.shape and (q.desc.size is None or o.size == q.desc.size)
@@ -184,6 +192,13 @@ def look_again(
                 qa.append({"q": f.text, "a": colour})
                 if colour in COLORS and colour != q.desc.color:
                     new = _with_desc(new, q.desc, replace(q.desc, color=colour))
+                elif colour == "none" and q.desc.color:  # no such shape: ask what the coloured object is
+                    words = " ".join(w for w in (q.desc.size, q.desc.color) if w)
+                    f = Question("shape", f"What shape is the {words} object?", q.desc)
+                    shape = responder.answer(scene, f, rng)
+                    qa.append({"q": f.text, "a": shape})
+                    if shape in SHAPES and shape != q.desc.shape:
+                        new = _with_desc(new, q.desc, replace(q.desc, shape=shape))
             elif (
                 q.kind == "count"
                 and isinstance(new, Count)

@@ -71,3 +71,11 @@ def test_noisy_responder_can_break_true_captions_and_traces_are_sft_records(tmp_
     assert holds(
         Relation(Desc("circle", "red", "small"), "left of", Desc("square")), SCENE, WORLD.relation_margin
     )
+
+
+def test_a_shape_the_image_does_not_have_is_replaced_by_the_coloured_objects_shape():
+    res = look_again(
+        "a small red star and a large blue square", SCENE, RuleRequester(), SceneResponder(WORLD)
+    )
+    assert res.caption == "a small red circle and a large blue square"
+    assert {"q": "What shape is the small red object?", "a": "circle"} in res.trace[0]["qa"]
