@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from datamodules.benchmarks.collect import collect, fmt  # noqa: E402, F401 (fmt: used by preprocess_downstream)
+from datamodules.benchmarks.collect import collect  # noqa: E402
 from datamodules.world.claims import CATEGORIES  # noqa: E402
 
 COLUMNS = list(CATEGORIES)  # the synthetic benchmark's categories

@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_experiments import COLUMNS, SWAP_REPLACE, fmt, load_runs, train_run, write_summary  # noqa: E402
+from compare_experiments import COLUMNS, SWAP_REPLACE, load_runs, train_run, write_summary  # noqa: E402
+
+from datamodules.benchmarks.collect import fmt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {

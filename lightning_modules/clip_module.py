@@ -157,11 +157,12 @@ class ClipModule(L.LightningModule):
         log["train/bad_samples"] = float(
             self._bad_samples
         )  # cumulative on this rank: unreadable images replaced
-        if self._logging_step():
+        logging = self._logging_step()
+        if logging:
             self.log_dict(log, prog_bar=False, batch_size=b)
             self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
         self._accumulate_diag("train", x)
-        if self._logging_step():
+        if logging:
             self._log_diag("train")
         return total
 

@@ -60,7 +60,6 @@ def negative_rows(dataset: Any, num_items: int) -> list[dict[str, Any]]:
                 base
                 | {"kind": "", "modality": "", "negative_caption": "", "negative_image": None, "matches": ""}
             )
-        text_seen = 0
         for n in negs:
             row = base | {
                 "kind": n.kind,
@@ -71,7 +70,6 @@ def negative_rows(dataset: Any, num_items: int) -> list[dict[str, Any]]:
             }
             if n.modality == "text":
                 row["negative_caption"] = n.payload
-                text_seen += 1
             else:
                 row["negative_image"] = n.payload
                 # `pair` indexes the text negatives of the same generator call; shown as the caption it matches

@@ -82,3 +82,12 @@ def read_wandb_offline(run_dir) -> dict:
         elif kind == "summary":
             out["summary"] |= {key(i): json.loads(i.value_json) for i in rec.summary.update}
     return out
+
+
+def free_port() -> int:
+    """A free local TCP port (for gloo process groups and test servers)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

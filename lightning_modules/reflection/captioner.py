@@ -175,7 +175,8 @@ def load_captioner(path: str | Path) -> tuple[Any, Any]:
     return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
 
 
-def _prompt(processor: Any) -> str:
+def caption_prompt(processor: Any) -> str:
+    """The chat prompt (image + `PROMPT`, generation turn open) captions are generated after."""
     return processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
         add_generation_prompt=True,
@@ -184,7 +185,7 @@ def _prompt(processor: Any) -> str:
 
 def sft_batch(processor: Any, images: list, captions: list[str]) -> dict[str, torch.Tensor]:
     """Inputs with labels on the caption tokens (+ the closing <|im_end|>) only."""
-    prompt = _prompt(processor)
+    prompt = caption_prompt(processor)
     enc = processor(
         text=[f"{prompt}{c} <|im_end|>" for c in captions], images=images, return_tensors="pt", padding=True
     )
@@ -198,19 +199,30 @@ def sft_batch(processor: Any, images: list, captions: list[str]) -> dict[str, to
 
 @torch.no_grad()
 def generate_captions(model: Any, processor: Any, images: list, max_new_tokens: int = 24) -> list[str]:
-    enc = processor(text=[_prompt(processor)] * len(images), images=images, return_tensors="pt", padding=True)
+    enc = processor(
+        text=[caption_prompt(processor)] * len(images), images=images, return_tensors="pt", padding=True
+    )
     tok = processor.tokenizer
-    bad = [tok.convert_tokens_to_ids(s) for s in SPECIALS if s not in ("<|im_end|>",)]
     out = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        suppress_tokens=bad,
+        suppress_tokens=suppressed_ids(tok),
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tok.pad_token_id,
     )
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [" ".join(t.replace(" ,", ",").split()) for t in texts]  # word-level decoding spaces the commas
+    return decode_captions(tok, out[:, enc["input_ids"].shape[1] :])
+
+
+def suppressed_ids(tokenizer: Any) -> list[int]:
+    """Special tokens a caption must not contain (all but the closing <|im_end|>)."""
+    return [tokenizer.convert_tokens_to_ids(s) for s in SPECIALS if s != "<|im_end|>"]
+
+
+def decode_captions(tokenizer: Any, ids: torch.Tensor) -> list[str]:
+    """Generated token ids -> caption strings (word-level decoding spaces the commas: ' ,' -> ',')."""
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [" ".join(t.replace(" ,", ",").split()) for t in texts]
 
 
 def truth_rate(captions: list[str], scenes: list, world: World) -> dict[str, float]:

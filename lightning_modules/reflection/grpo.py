@@ -28,7 +28,7 @@ from datamodules.records import Record
 from datamodules.world import World
 from datamodules.world.claims import holds, parse_claim
 from lightning_modules.reflection.attention import VisualAttentionMeter
-from lightning_modules.reflection.captioner import PROMPT, SPECIALS
+from lightning_modules.reflection.captioner import caption_prompt, decode_captions, suppressed_ids
 
 
 def group_advantages(rewards_BG: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -121,19 +121,16 @@ class CaptionerGRPO(L.LightningModule):
         self.max_new_tokens, self.temperature, self.world = max_new_tokens, temperature, world
         tok = processor.tokenizer
         self.eos = tok.convert_tokens_to_ids("<|im_end|>")
-        self.suppress = [tok.convert_tokens_to_ids(s) for s in SPECIALS if s != "<|im_end|>"]
-
-    def _prompt(self) -> str:
-        return self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
-            add_generation_prompt=True,
-        )
+        self.suppress = suppressed_ids(tok)
 
     @torch.no_grad()
     def sample(self, images: list) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor]:
         """G sampled captions per image (image-major), their teacher-forcing inputs and response mask."""
         enc = self.processor(
-            text=[self._prompt()] * len(images), images=images, return_tensors="pt", padding=True
+            text=[caption_prompt(self.processor)] * len(images),
+            images=images,
+            return_tensors="pt",
+            padding=True,
         )
         enc = {k: v.to(self.device) for k, v in enc.items()}
         out = self.policy.generate(
@@ -148,10 +145,7 @@ class CaptionerGRPO(L.LightningModule):
         )
         n_prompt = enc["input_ids"].shape[1]
         resp = out[:, n_prompt:]
-        texts = [
-            " ".join(t.replace(" ,", ",").split())
-            for t in self.processor.tokenizer.batch_decode(resp, skip_special_tokens=True)
-        ]
+        texts = decode_captions(self.processor.tokenizer, resp)
         # response tokens up to and including the first <|im_end|>
         is_eos = resp == self.eos
         first = torch.where(
@@ -187,8 +181,7 @@ class CaptionerGRPO(L.LightningModule):
         meter = VisualAttentionMeter()
         image_mask = inputs["input_ids"] == self.policy.config.image_token_id
         with meter.measure(self.policy, image_mask, rows=n_resp + 1):
-            logits = self.policy(**inputs).logits[:, -n_resp - 1 : -1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, inputs["input_ids"][:, -n_resp:, None]).squeeze(-1)
+            logp = self.token_logps(self.policy, inputs, n_resp)
         share = meter.share()[:, :-1].to(self.device)
         att = (share * mask).sum(1) / mask.sum(1).clamp_min(1)
         with torch.no_grad():

@@ -31,10 +31,17 @@ def _bar(total: int, desc: str):
 
 def cmd_build(args) -> None:
     scorer = load_scorer(args.model, args.device, args.batch_size)
-    total = len(read_collection(args.collection))
-    bar, update = _bar(total, "embedding")
+    items = read_collection(args.collection)
+    bar, update = _bar(len(items), "embedding")
     index = SearchIndex.build(
-        scorer, args.model, args.collection, args.out, kind=args.kind, nlist=args.nlist, progress=update
+        scorer,
+        args.model,
+        args.collection,
+        args.out,
+        kind=args.kind,
+        nlist=args.nlist,
+        progress=update,
+        items=items,
     )
     bar.close()
     index.save()

@@ -47,6 +47,18 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def scorer_fingerprint(scorer: Any) -> str:
+    """`model_fingerprint` of the scorer's model, hashed once and reused until a weight tensor is modified in place
+    or replaced (tracked by the tensors' version counters and storage): queries do not re-hash every weight."""
+    state = scorer.model.state_dict()
+    key = tuple((name, t._version, t.data_ptr()) for name, t in state.items())
+    cached = getattr(scorer, "_search_fingerprint", None)
+    if cached is None or cached[0] != key:
+        cached = (key, model_fingerprint(scorer.model))
+        scorer._search_fingerprint = cached
+    return cached[1]
+
+
 def read_collection(source: str | Path) -> list[dict[str, Any]]:
     """Items of an image folder (recursive; id = relative path, no caption) or a manifest (.jsonl/.csv/.tsv with
     image and caption columns, read like `data=pairs`)."""
@@ -118,15 +130,17 @@ class SearchIndex:
         kind: str = "flat",
         nlist: int | None = None,
         progress: Callable[[int], None] | None = None,
+        items: list[dict[str, Any]] | None = None,
     ) -> SearchIndex:
-        """Embeds the collection's images (and captions) with `scorer` (a `ClipScorer`) into a new index at `root`."""
+        """Embeds the collection's images (and captions) with `scorer` (a `ClipScorer`) into a new index at `root`.
+        `items`: the collection already read by `read_collection(source)` (not read again)."""
         if kind not in KINDS:
             raise ValueError(f"search index kind: expected one of {KINDS}, got {kind!r}")
-        items = read_collection(source)
+        items = read_collection(source) if items is None else items
         dim = int(scorer.encode_texts(["a"]).shape[-1])
         meta = {
             "model": model_ref,
-            "fingerprint": model_fingerprint(scorer.model),
+            "fingerprint": scorer_fingerprint(scorer),
             "dim": dim,
             "kind": kind,
             "source": str(source),
@@ -216,7 +230,7 @@ class SearchIndex:
 
     # -- querying -----------------------------------------------------------------------------------------------
     def check_model(self, scorer: Any) -> None:
-        fp = model_fingerprint(scorer.model)
+        fp = scorer_fingerprint(scorer)
         if self.meta.get("fingerprint") and fp != self.meta["fingerprint"]:
             raise ValueError(
                 f"search index '{self.root}' was built with model '{self.meta['model']}' (fingerprint "

@@ -91,10 +91,10 @@ def create_app(index_dirs: list[str] | str, *, model: str | None = None, device:
     indexes = [SearchIndex.load(d) for d in dirs]
     scorers = [load_scorer(model or ix.meta["model"], device) for ix in indexes]
     names = [Path(d).name for d in dirs]
+    rows = [{id(it): n for n, it in enumerate(ix.items)} for ix in indexes]  # item -> row, for image urls
     app = FastAPI(title="hardneg search")
 
     def column(c: int, hits: list[tuple[float, dict]]) -> dict:
-        rows = {id(it): n for n, it in enumerate(indexes[c].items)}
         return {
             "name": names[c],
             "model": _model_label(str(indexes[c].meta["model"])),
@@ -104,7 +104,7 @@ def create_app(index_dirs: list[str] | str, *, model: str | None = None, device:
                     "score": s,
                     "id": it["id"],
                     "caption": it.get("caption"),
-                    "url": f"/image/{c}/{rows[id(it)]}",
+                    "url": f"/image/{c}/{rows[c][id(it)]}",
                 }
                 for r, (s, it) in enumerate(hits)
             ],

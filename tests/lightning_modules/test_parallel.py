@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 
 import pytest
 import torch
@@ -18,12 +17,7 @@ from lightning_modules.losses.base import LossSum
 from lightning_modules.losses.contrastive import ContrastiveLoss
 from lightning_modules.model_factory import ModelSpec
 from lightning_modules.parallel import FSDP2Strategy, ddp, is_sharded, shard_model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def make_module(seed: int = 0) -> ClipModule:
@@ -96,7 +90,7 @@ def run_distributed(
 ):
     """(mean loss over ranks, full gradients) of `world` processes, each with its share of the 8-sample batch."""
     ctx = torch.multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_worker, args=(r, world, port, mode, backend, device, bf16, str(out)))
         for r in range(world)

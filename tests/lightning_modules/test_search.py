@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from PIL import Image
 from lightning_modules.inference import ClipScorer
 from lightning_modules.model_factory import ModelSpec
 from tests.conftest import ROOT
+from tests.helpers import free_port
 
 faiss = pytest.importorskip("faiss", reason="pip install -e '.[search]'")
 
@@ -162,12 +162,6 @@ def test_cli_build_search_json_and_errors(collection, tmp_path):
     assert p.returncode == 2 and "text query is empty" in p.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def two_indexes(collection, tmp_path):
     """Two indexes of the same collection with two different models (side by side)."""
@@ -227,7 +221,7 @@ def test_page_in_a_headless_browser(two_indexes, tmp_path):
     from lightning_modules.search.server import create_app
 
     browser = _browser()
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(two_indexes), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -255,3 +249,14 @@ def test_page_in_a_headless_browser(two_indexes, tmp_path):
         browser.quit()
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_query_model_changed_in_place_after_an_accepted_query_is_refused(collection, tmp_path):
+    """The fingerprint is hashed once per scorer and re-hashed when a weight tensor changes in place."""
+    scorer = tiny_scorer(0)
+    index = SearchIndex.build(scorer, "tiny-vit:", collection / "manifest.jsonl", tmp_path / "idx")
+    assert index.search_text(scorer, "a red square", k=1)
+    with torch.no_grad():
+        next(scorer.model.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="not comparable"):
+        index.search_text(scorer, "a red square")

@@ -10,7 +10,7 @@ from lightning_modules.losses.base import LossInputs, LossSum
 from lightning_modules.losses.contrastive import ContrastiveLoss
 from lightning_modules.losses.hard_negative import HardNegativeImage, HardNegativeText
 from lightning_modules.losses.pair_positive import PairPositive
-from tests.lightning_modules.losses.test_losses import _free_port
+from tests.helpers import free_port
 
 
 def f(n, d=16, seed=0):
@@ -246,7 +246,7 @@ def test_distributed_hard_negative_gradients_equal_global_batch():
     sum(v for k, v in loss.items() if k.endswith("_loss")).backward()
     ctx = torch.multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, full, q)) for r in range(world)]
     for p in procs:
         p.start()

@@ -1,6 +1,5 @@
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch.nn.functional as F
 
 from lightning_modules.losses.base import LossInputs
 from lightning_modules.losses.contrastive import ContrastiveLoss
+from tests.helpers import free_port
 
 
 def naive_clip_loss(img, txt, scale):
@@ -57,12 +57,6 @@ def test_contrastive_fp32_under_bf16_inputs():
     assert out["contrastive_loss"].dtype == torch.float32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dist_worker(rank, world, port, img, txt, scale, q):
     import torch.distributed as dist
 
@@ -88,7 +82,7 @@ def test_distributed_contrastive_gradients_equal_global_batch():
     ref.backward()
     ctx = torch.multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_dist_worker, args=(r, 2, port, img, txt, scale, q)) for r in range(2)]
     for p in procs:
         p.start()
