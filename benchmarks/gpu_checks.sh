@@ -1,32 +1,44 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one time-boxed run (a lent GPU machine, see DEVELOPERS/README "Scale"):
+# Every GPU check of the project in one time-boxed run (a lent GPU machine, see README "Scale"):
 # the gpu-marked tests first, then the benchmarks one after another (timings need the GPU to themselves).
-# Prints one JSON line per benchmark; results land in $OUT/results (or /tmp/gpu_checks/results).
-#   bash benchmarks/gpu_checks.sh
+# Prints one JSON line per step; all results are tarred into $OUT/gpu_results.tgz (or /tmp/gpu_checks/) at exit,
+# also when the run is cut short. Two parts, each inside one 10-minute device call (both: ~12 minutes on one H100):
+#   bash benchmarks/gpu_checks.sh core    # gpu tests, overhead B/32 (+ profile), B/32 + hard negatives, B/16, L/14, loader runs
+#   bash benchmarks/gpu_checks.sh extra   # step cost bf16, overhead with torch.compile
+#   bash benchmarks/gpu_checks.sh         # both
 set -u
-RES=${OUT:-/tmp/gpu_checks}/results
-mkdir -p "$RES"
+DEST=${OUT:-/tmp/gpu_checks}
+RES=/tmp/gpu_checks_res/results
+rm -rf /tmp/gpu_checks_res && mkdir -p "$RES" "$DEST"
+trap 'tar czf "$DEST/gpu_results.tgz" -C /tmp/gpu_checks_res results' EXIT
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled HARDNEG_ROOT=/tmp/hardneg_gpu PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 W=${WORKERS:-14}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
 echo "cpus: $(nproc)" | tee -a "$RES/gpu.txt"
+git log -1 --format='commit %H %s' 2>/dev/null | cut -c1-120 | tee -a "$RES/gpu.txt"
 
 step() { local t=$1; shift; local s=$(date +%s); timeout "$t" "$@"; echo "{\"step\": \"$*\", \"rc\": $?, \"s\": $(( $(date +%s) - s ))}" | cut -c1-400; }
 
+PART=${1:-all}
+if [ "$PART" != extra ]; then
 step 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -x > "$RES/pytest_gpu.txt" 2>&1
 tail -4 "$RES/pytest_gpu.txt"
+
+OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/overhead.jsonl"
+step 120 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --profile "$RES/profile"
+step 50 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --hardneg 2
+step 40 $OH --model ViT-B-16 --batch 128 --steps 40 --warmup 10
+step 45 $OH --model ViT-L-14 --batch 64 --steps 30 --warmup 8
 
 LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
 B32="trainer=gpu model=vit_b32 data.batch_size=256 data.num_workers=$W"
 step 75 $LT --name b32_plain --timeout 70 -- $B32 trainer.max_steps=130
-step 85 $LT --name b32_hardneg --timeout 80 -- experiment=hardneg $B32 trainer.max_steps=90
-
-OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/overhead.jsonl"
-step 45 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15
+step 95 $LT --name b32_hardneg --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
+fi
+if [ "$PART" != core ]; then
 step 35 $PY benchmarks/step_cost.py --model ViT-B-32 --device cuda --batch 256 --precision bf16 --repeats 8 \
     --gen-items 200 --out "$RES/step_cost_b32_bf16.json"
-step 40 $OH --model ViT-B-16 --batch 128 --steps 40 --warmup 10
-step 45 $OH --model ViT-L-14 --batch 64 --steps 30 --warmup 8
-step 80 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --compile
+step 200 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --compile
+fi
 echo done

@@ -151,6 +151,14 @@ def main() -> None:
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     ap.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.jsonl")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="after the measurement, profile 4 more interleaved steps with torch.profiler (CPU + CUDA, Python "
+        "stacks) and write DIR/<model>_ops.txt (ops by self CPU time), DIR/<model>_syncs.txt (every host "
+        "synchronisation with its Python stack) and DIR/<model>_trace.json.gz (chrome trace)",
+    )
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -211,6 +219,80 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
         f.write(json.dumps(result) + "\n")
+    if args.profile:
+        profile_steps(module, bare, batch, args)
+
+
+class Profiled(L.Callback):
+    """torch.profiler over framework steps [start, start + n) and the bare steps interleaved with them; each bare
+    step is labelled `bare_step`, so whatever is not under that label is the framework's."""
+
+    def __init__(self, bare: Bare, start: int, n: int, activities) -> None:
+        self.bare, self.start, self.n, self.i = bare, start, n, 0
+        self.prof = torch.profiler.profile(activities=activities, with_stack=True, record_shapes=False)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch.images_XCHW.is_cuda:
+            torch.cuda.synchronize()
+        if self.i == self.start:
+            self.prof.__enter__()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if batch.images_XCHW.is_cuda:
+            torch.cuda.synchronize()
+        with torch.profiler.record_function("bare_step"):
+            self.bare.step()
+        self.i += 1
+        if self.i == self.start + self.n:
+            self.prof.__exit__(None, None, None)
+
+
+def profile_steps(module: ClipModule, bare: Bare, batch: Batch, args, n: int = 4, start: int = 5) -> None:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if args.device.startswith("cuda"):
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    cb = Profiled(bare, start, n, acts)
+    trainer = L.Trainer(
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        devices=1,
+        precision=args.precision,
+        max_steps=start + n + 1,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        callbacks=[cb],
+    )
+    loader = torch.utils.data.DataLoader(Repeat(batch, start + n + 2), batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    out = args.profile
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{args.model}{'_compiled' if args.compile else ''}_hn{args.hardneg}"
+    ka = cb.prof.key_averages()
+    (out / f"{tag}_ops.txt").write_text(
+        ka.table(sort_by="self_cpu_time_total", row_limit=45, max_name_column_width=70)
+    )
+    # Host synchronisations (CUDA only: on a CPU every op is synchronous), each with its Python call chain.
+    sync_names = ("Synchronize", "aten::_local_scalar_dense", "aten::nonzero", "cudaMemcpy ")
+    syncs = [e for e in cb.prof.events() if acts[-1] != acts[0] and any(n in e.name for n in sync_names)]
+    lines = [f"{len(syncs)} host synchronisations over {n} framework + {n} bare steps"]
+    for e in syncs:
+        chain, c = [], e.cpu_parent
+        while c is not None:
+            if ".py(" in c.name and "site-packages/torch/" not in c.name:
+                chain.append(c.name)
+            c = c.cpu_parent
+        lines.append(f"{e.name}  cpu {e.cpu_time_total:.0f} us\n    " + "\n    ".join(chain[:10]))
+    (out / f"{tag}_syncs.txt").write_text("\n".join(lines))
+    import gzip
+
+    trace = out / f"{tag}_trace.json"
+    cb.prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as f, gzip.open(str(trace) + ".gz", "wb") as g:
+        g.write(f.read())
+    trace.unlink()
+    print(json.dumps({"profile": str(out), "tag": tag, "sync_like_events": len(syncs)}), flush=True)
 
 
 if __name__ == "__main__":

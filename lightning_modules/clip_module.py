@@ -208,10 +208,11 @@ class ClipModule(L.LightningModule):
             if neg is None or owner is None or not len(kinds):
                 continue
             stats = hardneg_stats(anchor, pos, neg, owner.to(anchor.device), kinds)
-            _add_diag(self._diag[split], {f"{acc_name}|{cos_name}": {k: v.cpu() for k, v in stats.items()}})
+            # Sums stay on the device until a logging step (a .cpu() here synchronised every training step).
+            _add_diag(self._diag[split], {f"{acc_name}|{cos_name}": stats})
 
     def _log_diag(self, split: str) -> None:
-        acc = self._diag[split]
+        acc = {side: {k: v.cpu() for k, v in kinds.items()} for side, kinds in self._diag[split].items()}
         self._diag[split] = {}
         if self.trainer.world_size > 1:  # kinds can differ between ranks: merge dictionaries, then sum
             parts: list[dict] = [{} for _ in range(self.trainer.world_size)]

@@ -67,18 +67,22 @@ def hardneg_stats(
     positive strictly higher than the negative; `cos_sum` sums cos(pos_b, neg_n) (tower sensitivity: close to 1
     means the tower barely tells the negative from the positive).
     """
-    out: dict[str, torch.Tensor] = {}
     if neg_ND is None or neg_ND.shape[0] == 0:
-        return out
-    anchor_ND = anchor_BD.float()[owner_N]
-    pos_ND = pos_BD.float()[owner_N]
-    neg_ND = neg_ND.float()
-    correct_N = ((anchor_ND * pos_ND).sum(-1) > (anchor_ND * neg_ND).sum(-1)).float()
-    cos_N = (pos_ND * neg_ND).sum(-1)
-    for kind in sorted(set(kinds)):
-        mask_N = torch.tensor([k == kind for k in kinds], device=neg_ND.device)
-        out[kind] = torch.stack([correct_N[mask_N].sum(), cos_N[mask_N].sum(), mask_N.sum().float()])
-    return out
+        return {}
+    # No host synchronisation (this runs every training step): kinds become integer ids on the host, one
+    # index_add sums per kind on the device. (Boolean-mask indexing per kind synchronised once per kind.)
+    names = sorted(set(kinds))
+    ids = {k: i for i, k in enumerate(names)}
+    kind_N = torch.tensor([ids[k] for k in kinds], dtype=torch.long).to(neg_ND.device, non_blocking=True)
+    with torch.no_grad():
+        anchor_ND = anchor_BD.detach().float()[owner_N]
+        pos_ND = pos_BD.detach().float()[owner_N]
+        neg_ND = neg_ND.detach().float()
+        correct_N = ((anchor_ND * pos_ND).sum(-1) > (anchor_ND * neg_ND).sum(-1)).float()
+        cos_N = (pos_ND * neg_ND).sum(-1)
+        rows_N3 = torch.stack([correct_N, cos_N, torch.ones_like(cos_N)], dim=1)
+        sums_K3 = rows_N3.new_zeros(len(names), 3).index_add_(0, kind_N, rows_N3)
+    return dict(zip(names, sums_K3.unbind(0)))
 
 
 @torch.no_grad()
