@@ -3,8 +3,8 @@
 # the gpu-marked tests first, then the benchmarks one after another (timings need the GPU to themselves).
 # Prints one JSON line per step; all results are tarred into $OUT/gpu_results.tgz (or /tmp/gpu_checks/) at exit,
 # also when the run is cut short. Two parts, each inside one 10-minute device call (both: ~12 minutes on one H100):
-#   bash benchmarks/gpu_checks.sh core    # gpu tests, overhead B/32 (+ profile), B/32 + hard negatives, B/16, L/14, loader runs
-#   bash benchmarks/gpu_checks.sh extra   # step cost bf16, overhead with torch.compile
+#   bash benchmarks/gpu_checks.sh core    # gpu tests, overhead (per-step synced and in blocks of 10), loader runs (~9.5 min)
+#   bash benchmarks/gpu_checks.sh extra   # overhead profile, step cost bf16, overhead with torch.compile (~6 min)
 #   bash benchmarks/gpu_checks.sh         # both
 set -u
 DEST=${OUT:-/tmp/gpu_checks}
@@ -26,9 +26,11 @@ step 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -x > "$RE
 tail -4 "$RES/pytest_gpu.txt"
 
 OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/overhead.jsonl"
-step 120 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --profile "$RES/profile"
+step 50 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15
+step 50 $OH --model ViT-B-32 --batch 256 --steps 80 --warmup 20 --block 10
 step 50 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --hardneg 2
 step 40 $OH --model ViT-B-16 --batch 128 --steps 40 --warmup 10
+step 40 $OH --model ViT-B-16 --batch 128 --steps 50 --warmup 10 --block 10
 step 45 $OH --model ViT-L-14 --batch 64 --steps 30 --warmup 8
 
 LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
@@ -37,6 +39,7 @@ step 75 $LT --name b32_plain --timeout 70 -- $B32 trainer.max_steps=130
 step 95 $LT --name b32_hardneg --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
 fi
 if [ "$PART" != core ]; then
+step 120 $OH --model ViT-B-32 --batch 256 --steps 30 --warmup 10 --profile "$RES/profile"
 step 35 $PY benchmarks/step_cost.py --model ViT-B-32 --device cuda --batch 256 --precision bf16 --repeats 8 \
     --gen-items 200 --out "$RES/step_cost_b32_bf16.json"
 step 200 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --compile

@@ -2,8 +2,13 @@
 
     raw             the noisy raw pairs as they are (gate=none, no stages; lone images / texts unused)
     gated           the pairs that pass the gate (no repair, no captioning, no text-to-image)
-    gated_repaired  the full preprocessing: gate + look-again repair + captioned lone images + drawn lone texts
+    gated_repaired  the full preprocessing: gate + repair (re-caption) + captioned lone images + drawn lone texts
+    gated_reflect   the same with the `reflect` stage instead of `repair`: a rejected pair's caption is checked by
+                    questions answered from the image and revised (look again, Reflection-V style)
     clean_oracle    the noise-free world (upper bound; data=synthetic)
+    tiny_captioner  30% lone images (112 px) captioned by the tiny Qwen2.5-VL trained here (no repair); needs
+                    `python -m lightning_modules.reflection.captioner --out logs/captioner`
+    tiny_captioner_reflect  the same captioner, every caption it writes looked at again (`reflect_captions`)
 
     make scorers
     python benchmarks/preprocess_downstream.py --seeds 0 --mismatch 0.1
@@ -30,7 +35,20 @@ VARIANTS = {
     "raw": ["experiment=noisy_synthetic", "gate=none", "stages=[]"],
     "gated": ["experiment=noisy_synthetic", "stages=[]"],
     "gated_repaired": ["experiment=noisy_synthetic"],
+    "gated_reflect": ["experiment=noisy_synthetic", "stages=[caption,reflect,text_to_image]"],
     "clean_oracle": [],
+    "tiny_captioner": [
+        "experiment=noisy_synthetic",
+        "stages=[caption_tiny,text_to_image]",
+        "preprocess.raw.lone_image_rate=0.3",
+        "preprocess.raw.image_size=112",
+    ],
+    "tiny_captioner_reflect": [
+        "experiment=noisy_synthetic",
+        "stages=[caption_tiny,reflect_captions,text_to_image]",
+        "preprocess.raw.lone_image_rate=0.3",
+        "preprocess.raw.image_size=112",
+    ],
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -104,3 +106,44 @@ def test_fsdp_loss_and_gradients_match_single_device_on_gpu(bf16, tmp_path):
     if not bf16:
         for n, g in grads.items():
             torch.testing.assert_close(g, ref_grads[n], **tol, msg=n)
+
+
+REAL_VLM = os.environ.get("HARDNEG_VLM_PATH", "/models/Qwen2.5-VL-3B-Instruct")
+
+
+@run_if(min_cuda_gpus=1)
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(REAL_VLM, "config.json")),
+    reason=f"no VLM weights at {REAL_VLM} (set HARDNEG_VLM_PATH to a local Qwen2.5-VL folder)",
+)
+def test_real_vlm_captions_reflects_and_measures_attention(tmp_path):
+    """A real VLM by local path (bf16 on the GPU): captions of synthetic-world scenes, look-again reflection
+    (requester without the image, responder + summariser with it), and the visual-attention meter."""
+    from datamodules.preprocess.vlm import AttentionScorer
+    from lightning_modules.reflection.caption import main
+
+    out = tmp_path / "caps.jsonl"
+    s = main(
+        [
+            "world:test:16",
+            "captioner=vlm",
+            f"captioner.model={REAL_VLM}",
+            "reflect=true",
+            "reflector=vlm",
+            f"reflector.model={REAL_VLM}",
+            "image_size=224",
+            "batch_size=8",
+            f"output={out}",
+        ]
+    )
+    assert s["captioned"] >= 12, s
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(x["caption"] and isinstance(x["trace"], list) for x in lines)
+    assert any(x["trace"] and x["trace"][0]["qa"] for x in lines)
+    print(f"real VLM: truth {s['initial_truth_rate']} -> {s['truth_rate']} %, revised {s['revised']}")
+    from PIL import Image
+
+    v = AttentionScorer(REAL_VLM).score(
+        [Image.new("RGB", (224, 224), "red")] * 2, ["a red square", "two cats"]
+    )
+    assert v.shape == (2,) and bool(((v > 0) & (v < 1)).all())

@@ -61,6 +61,10 @@ class Preprocessor:
     batch_size: gate scoring batch; stage_batch_size: model batch of the stages.
     seed: base seed of every per-item RNG.
     rank / world_size / barrier: distributed split of the stages' model calls (rank 0 writes the outputs).
+    attention: optional visual-attention meter (`score(images, captions) -> tensor` of the share of a VLM's
+        attention on the image while it reads the caption, e.g. `datamodules.preprocess.vlm.AttentionScorer`);
+        a pair whose share is below `attention_threshold` fails like a gate rejection and goes to the repair /
+        reflect stages (Reflection-V: a caption written without looking at the image). Needs a gate.
     """
 
     def __init__(
@@ -78,7 +82,14 @@ class Preprocessor:
         rank: int = 0,
         world_size: int = 1,
         barrier: Callable[[], None] | None = None,
+        attention: Any = None,
+        attention_threshold: float | None = None,
     ) -> None:
+        if (attention is None) != (attention_threshold is None):
+            raise ValueError(
+                "preprocess.attention and preprocess.attention_threshold go together (set both or neither)"
+            )
+        self.attention, self.attention_threshold = attention, attention_threshold
         self.gate = gate
         self.stages = _as_list(stages)
         for s in self.stages:
@@ -175,6 +186,9 @@ class Preprocessor:
         counts: Counter = Counter(input=len(records))
         dropped = ctx.dropped
 
+        for stage in self.stages:
+            if hasattr(stage, "begin_split"):
+                stage.begin_split()
         t0 = time.perf_counter()
         items = self.validate(list(records), dropped)
         timings["validate"] = time.perf_counter() - t0
@@ -195,13 +209,17 @@ class Preprocessor:
             else:
                 pairs.append(it)
 
+        stage_outputs: dict[str, Any] = {}
         kept, history = self._gate_and_repair(pairs, ctx, timings)
         counts.update(it.record.meta.get("produced", "kept") for it in kept)
 
         if self.rank == 0:
             t0 = time.perf_counter()
-            self._write(kept, out_dir, split)
+            rows = self._write(kept, out_dir, split)
             timings["write"] = time.perf_counter() - t0
+            for stage in self.stages:  # stage artefacts, e.g. the reflect stage's traces
+                if hasattr(stage, "write_outputs"):
+                    stage_outputs[stage.name] = stage.write_outputs(out_dir, split, rows)
         self.calls.update(ctx.calls)
         report = {
             "split": split,
@@ -217,6 +235,9 @@ class Preprocessor:
             if self.gate is None
             else {"threshold": self.gate.threshold, "combine": self.gate.combine},
             "repair_rounds": self.repair_rounds,
+            "attention_threshold": self.attention_threshold,
+            "attention_flagged": sum(bool(it.record.meta.get("attention_flagged")) for it in pairs),
+            "stage_outputs": stage_outputs,
             "rank": self.rank,
             "world_size": ctx.world_size,
         }
@@ -246,6 +267,13 @@ class Preprocessor:
             t0 = time.perf_counter()
             scores = self.score_items(pending)
             passed = self.gate.passes(scores).tolist()
+            if self.attention is not None:
+                share = self.attention_shares(pending)
+                scores["visual_share"] = share
+                for k, it in enumerate(pending):
+                    if passed[k] and float(share[k]) < self.attention_threshold:
+                        passed[k] = False
+                        it.record.meta["attention_flagged"] = True
             timings["gate"] = timings.get("gate", 0.0) + time.perf_counter() - t0
             if round_ == 0:
                 history = scores["combined"].tolist()
@@ -290,11 +318,27 @@ class Preprocessor:
                 parts.setdefault(k, []).append(v)
         return {k: torch.cat(v) for k, v in parts.items()}
 
+    def attention_shares(self, pending: list[Item]):
+        import torch
+
+        parts = []
+        for s in range(0, len(pending), self.batch_size):
+            chunk = pending[s : s + self.batch_size]
+            parts.append(
+                torch.as_tensor(
+                    self.attention.score([it.image for it in chunk], [it.record.caption for it in chunk]),
+                    dtype=torch.float32,
+                )
+            )
+        return torch.cat(parts) if parts else torch.zeros(0)
+
     # -- outputs --------------------------------------------------------------------------------------------------
-    def _write(self, kept: list[Item], out_dir: Path, split: str) -> None:
+    def _write(self, kept: list[Item], out_dir: Path, split: str) -> dict[str, dict]:
+        """Writes the manifest and the in-memory images; returns {record id: manifest row}."""
         img_dir = out_dir / "images" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         names: dict[str, str] = {}  # file name -> record id: ids that differ must never share a file
+        rows: dict[str, dict] = {}
         with atomic_open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for it in kept:
                 r = it.record
@@ -320,7 +364,9 @@ class Preprocessor:
                     "provenance": r.provenance,
                     "gate_scores": r.gate_scores,
                 }
+                rows[r.id] = row
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        return rows
 
     def _write_md(self, out_dir: Path, split: str, report: dict, history: list[float]) -> None:
         lines = [

@@ -145,6 +145,8 @@ def build(cfg: DictConfig, *, rank: int = 0, world_size: int = 1, barrier=None):
         rank=rank,
         world_size=world_size,
         barrier=barrier,
+        attention=instantiate(cfg.attention) if cfg.get("attention") else None,
+        attention_threshold=cfg.get("attention_threshold"),
     )
     return raw, gate, pre
 

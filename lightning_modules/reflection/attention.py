@@ -180,8 +180,11 @@ def measure_response(
     n = len(processor.tokenizer(response, add_special_tokens=False).input_ids)
     if n == 0:
         raise ValueError("measure_response: empty response")
-    with_img = processor(text=[chat(True) + response], images=[image], return_tensors="pt")
-    without = processor(text=[chat(False) + response], return_tensors="pt")
+    device = next(model.parameters()).device
+    with_img = processor(text=[chat(True) + response], images=[image], return_tensors="pt").to(device)
+    without = processor(text=[chat(False) + response], return_tensors="pt").to(device)
+    if "pixel_values" in with_img and with_img["pixel_values"].is_floating_point():
+        with_img["pixel_values"] = with_img["pixel_values"].to(model.dtype)
     image_token = model.config.image_token_id
     with meter.measure(model, with_img["input_ids"] == image_token, rows=n + 1):
         logits_with = model(**with_img).logits

@@ -199,10 +199,20 @@ def sft_batch(processor: Any, images: list, captions: list[str]) -> dict[str, to
 
 @torch.no_grad()
 def generate_captions(model: Any, processor: Any, images: list, max_new_tokens: int = 24) -> list[str]:
-    enc = processor(
-        text=[caption_prompt(processor)] * len(images), images=images, return_tensors="pt", padding=True
-    )
+    return generate_after(model, processor, images, [caption_prompt(processor)] * len(images), max_new_tokens)
+
+
+@torch.no_grad()
+def generate_after(
+    model: Any, processor: Any, images: list, prompts: list[str], max_new_tokens: int = 24
+) -> list[str]:
+    """Greedy continuations of chat prompts (one image each; left-padded, so prompts may differ in length)."""
     tok = processor.tokenizer
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        enc = processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = side
     out = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,
@@ -262,6 +272,26 @@ def train_sft(
     log_every: int = 100,
 ) -> list[float]:
     """Plain AdamW SFT on random mini-batches; returns the loss curve (one value per step)."""
+
+    def batch(rng: random.Random) -> dict[str, torch.Tensor]:
+        idx = rng.sample(range(len(images)), batch_size)
+        return sft_batch(processor, [images[i] for i in idx], [captions[i] for i in idx])
+
+    return sft_loop(model, batch, steps=steps, lr=lr, seed=seed, log_every=log_every, tag="sft")
+
+
+def sft_loop(
+    model: Any,
+    batch: Any,
+    *,
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    log_every: int = 100,
+    tag: str = "sft",
+) -> list[float]:
+    """AdamW (weight decay 0.01, one-cycle LR, grad-norm clip 1) over `steps` batches from `batch(rng)` (inputs with
+    labels); the model is left in eval mode. Returns the loss per step."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -269,18 +299,43 @@ def train_sft(
     model.train()
     losses = []
     for step in range(steps):
-        idx = rng.sample(range(len(images)), batch_size)
-        loss = model(**sft_batch(processor, [images[i] for i in idx], [captions[i] for i in idx])).loss
+        loss = model(**batch(rng)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            log.info("sft step %d/%d loss %.3f", step + 1, steps, sum(losses[-log_every:]) / log_every)
+            log.info("%s step %d/%d loss %.3f", tag, step + 1, steps, sum(losses[-log_every:]) / log_every)
     model.eval()
     return losses
+
+
+class TinyCaptioner:
+    """A captioner folder (`build_tiny_captioner` + SFT, saved by `main`; or any Qwen2/2.5-VL folder whose processor
+    works with `caption_prompt`) as a caption backend: `caption(images, records, seeds)` like the preprocessing
+    stages' VLM backend. Greedy decoding; the records and seeds are not used."""
+
+    def __init__(self, path: str, max_new_tokens: int = 24, batch_size: int = 32) -> None:
+        self.path, self.max_new_tokens, self.batch_size = str(path), max_new_tokens, batch_size
+        self._loaded: tuple[Any, Any] | None = None
+
+    def identity(self) -> dict:
+        from datamodules.cache import model_fingerprint
+
+        return {"backend": "tiny_captioner", **model_fingerprint(self.path, None), "max": self.max_new_tokens}
+
+    def caption(self, images: list, records: list, seeds: list[int]) -> list[str | None]:
+        if self._loaded is None:
+            self._loaded = load_captioner(self.path)
+            self._loaded[0].eval()
+        model, processor = self._loaded
+        out: list[str | None] = []
+        for s in range(0, len(images), self.batch_size):
+            chunk = [im.convert("RGB") for im in images[s : s + self.batch_size]]
+            out += [c or None for c in generate_captions(model, processor, chunk, self.max_new_tokens)]
+        return out
 
 
 def main() -> None:

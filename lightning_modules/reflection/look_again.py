@@ -86,6 +86,17 @@ class SceneResponder:
         self.world = world or World()
         self.error_rate = error_rate
 
+    def describe(self, scene: Scene, rng: random.Random) -> str:
+        """'What is in the image?': a fresh caption of the scene (one colour wrong with probability error_rate)."""
+        from datamodules.world.claims import caption_claim
+
+        words = caption_claim(scene, rng, self.world, heldout_ok=False).text().split()
+        idx = [i for i, w in enumerate(words) if w in COLORS]
+        if idx and rng.random() < self.error_rate:
+            i = rng.choice(idx)
+            words[i] = rng.choice([c for c in COLORS if c != words[i]])
+        return " ".join(words)
+
     def answer(self, scene: Scene, q: Question, rng: random.Random) -> str:
         wrong = rng.random() < self.error_rate
         objs = scene.objects
@@ -157,9 +168,14 @@ def look_again(
     *,
     rounds: int = 2,
     seed: int = 0,
+    describe_fallback: bool = False,
 ) -> LookResult:
     """Up to `rounds` rounds of ask → answer (with the image) → revise; stops early when a round confirms the
-    caption. A caption outside the world's grammar is returned unchanged (`parsed=False`)."""
+    caption. A caption outside the world's grammar is returned unchanged (`parsed=False`).
+
+    describe_fallback: when a round's answers contradict the caption but no follow-up could fix it (e.g. none of
+    the objects it names is in the image: a caption of another image), ask "What is in the image?" and take the
+    answer as the revision (the summariser writing afresh from what it saw)."""
     rng = random.Random(seed)
     claim = parse_claim(caption)
     result = LookResult(caption, caption)
@@ -167,11 +183,14 @@ def look_again(
         result.parsed = False
         return result
     for r in range(rounds):
-        qa, new = [], claim
+        qa, new, contradicted = [], claim, False
         for q in requester.questions(new):
             a = responder.answer(scene, q, rng)
             qa.append({"q": q.text, "a": a})
             negated = isinstance(new, Negation) and q.desc == new.neg
+            contradicted |= (q.kind == "exists" and (a == "no") != negated) or (
+                q.kind == "relation" and a == "no"
+            )
             if q.kind == "exists" and (a == "no") != negated:
                 if negated:  # the caption says "no X" but there is one: name a colour nobody has
                     f = Question(
@@ -213,6 +232,12 @@ def look_again(
                 qa.append({"q": f.text, "a": where})
                 if where in RELATIONS and where != new.rel:
                     new = Relation(new.a, where, new.b)
+        if describe_fallback and contradicted and new == claim:
+            seen = responder.describe(scene, rng)
+            qa.append({"q": "What is in the image?", "a": seen})
+            fresh = parse_claim(seen)
+            if fresh is not None:
+                new = fresh
         result.trace.append({"round": r, "qa": qa, "before": claim.text(), "revised": new.text()})
         if new == claim:
             break
@@ -223,18 +248,13 @@ def look_again(
 
 def sft_record(image_ref: str, prompt: str, result: LookResult) -> dict[str, Any]:
     """A look-again trace as one chat-format SFT example: the caption, each round's questions and answers, the
-    revision (the 'thinking slowly' the captioner is trained to produce)."""
-    turns = [
-        {
-            "role": "user",
-            "content": [{"type": "image", "image": image_ref}, {"type": "text", "text": prompt}],
-        },
-        {"role": "assistant", "content": result.initial},
-    ]
-    for t in result.trace:
-        look = "Look again. " + " ".join(f"{x['q']} {x['a']}." for x in t["qa"])
-        turns += [{"role": "user", "content": look}, {"role": "assistant", "content": t["revised"]}]
-    return {"messages": turns, "final": result.caption}
+    revision (the 'thinking slowly' the captioner is trained to produce); the `reflect` stage's format."""
+    from datamodules.preprocess.stages.reflect import sft_messages
+
+    return {
+        "messages": sft_messages(image_ref, prompt, result.initial, result.trace),
+        "final": result.caption,
+    }
 
 
 def write_traces(path: str | Path, records: list[dict[str, Any]]) -> Path:
@@ -248,3 +268,57 @@ def write_traces(path: str | Path, records: list[dict[str, Any]]) -> Path:
 def truth(caption: str, scene: Scene, world: World) -> bool:
     claim = parse_claim(caption)
     return claim is not None and holds(claim, scene, world.relation_margin)
+
+
+class SceneReflector:
+    """The `reflect` stage's backend on the synthetic world: `look_again` with the rule requester and the
+    scene-graph responder (wrong with probability `error_rate`), on records whose image carries its scene graph
+    (`SceneImage`). Args: world; error_rate of the responder; rounds: ask-answer-revise rounds per call."""
+
+    def __init__(
+        self,
+        world: World | None = None,
+        error_rate: float = 0.1,
+        rounds: int = 2,
+        describe_fallback: bool = True,
+    ) -> None:
+        if rounds < 1:
+            raise ValueError(f"reflect rounds must be >= 1, got {rounds}")
+        self.world = world or World()
+        self.requester = RuleRequester()
+        self.responder = SceneResponder(self.world, error_rate)
+        self.rounds, self.describe_fallback = rounds, describe_fallback
+
+    def identity(self) -> dict:
+        return {
+            "backend": "scene_reflector",
+            "error_rate": self.responder.error_rate,
+            "rounds": self.rounds,
+            "describe_fallback": self.describe_fallback,
+            "world": self.world.seed,
+        }
+
+    def reflect(self, images: list, records: list, seeds: list[int]) -> list[dict | None]:
+        out: list[dict | None] = []
+        for record, seed in zip(records, seeds):
+            scene = getattr(record.image, "scene", None)
+            if scene is None:
+                raise ValueError(
+                    f"the scene reflector needs synthetic-world images (SceneImage); record {record.id} has none "
+                    "(use reflect_vlm for real images)"
+                )
+            res = look_again(
+                record.caption,
+                scene,
+                self.requester,
+                self.responder,
+                rounds=self.rounds,
+                seed=seed,
+                describe_fallback=self.describe_fallback,
+            )
+            out.append(
+                None
+                if not res.parsed
+                else {"caption": res.caption, "initial": res.initial, "trace": res.trace}
+            )
+        return out

@@ -188,6 +188,21 @@ class Stage(ABC):
         backend = getattr(self, "backend", None)
         return {"stage": self.name, "backend": backend.identity() if backend is not None else None}
 
+    def backend_map(self, items: list[Item], ctx: StageContext, method: str, codec: type) -> list[Any]:
+        """`backend.<method>(images, records, seeds)` over the items through `ctx.cached_map`, keyed by image content,
+        current caption, record id, stage and look-again round (a revised caption or a later round is a new key)."""
+        return ctx.cached_map(
+            self.name,
+            self.backend.identity(),
+            [
+                {"image": image_hash(it.image), "caption": it.record.caption, "record": it.record.id}
+                for it in items
+            ],
+            [(it.image, it.record, ctx.item_seed(it.record.id, self.name, ctx.round)) for it in items],
+            lambda batch: getattr(self.backend, method)(*map(list, zip(*batch))),
+            codec,
+        )
+
     @abstractmethod
     def __call__(self, items: list[Item], ctx: StageContext) -> list[Item]:
         """The items that go on (in any order); every other input item must be passed to `ctx.drop`."""

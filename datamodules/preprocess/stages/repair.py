@@ -9,7 +9,6 @@ from datamodules.preprocess.stages.base import (
     Stage,
     StageContext,
     TextCodec,
-    image_hash,
     normalize_text,
 )
 
@@ -25,17 +24,7 @@ class RepairStage(Stage):
         self.backend = backend
 
     def __call__(self, items: list[Item], ctx: StageContext) -> list[Item]:
-        texts = ctx.cached_map(
-            self.name,
-            self.backend.identity(),
-            [
-                {"image": image_hash(it.image), "caption": it.record.caption, "record": it.record.id}
-                for it in items
-            ],
-            [(it.image, it.record, ctx.item_seed(it.record.id, self.name, ctx.round)) for it in items],
-            lambda batch: self.backend.repair(*map(list, zip(*batch))),
-            TextCodec,
-        )
+        texts = self.backend_map(items, ctx, "repair", TextCodec)
         out = []
         for it, text in zip(items, texts):
             text = normalize_text(text)
