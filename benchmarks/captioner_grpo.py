@@ -57,6 +57,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--test", type=int, default=300)
+    ap.add_argument("--w-sim", type=float, default=1.0)
+    ap.add_argument("--w-margin", type=float, default=1.0)
+    ap.add_argument("--w-att", type=float, default=0.5)
+    ap.add_argument(
+        "--w-truth",
+        type=float,
+        default=0.0,
+        help="oracle truth term (holds() on the scene graph): a diagnostic upper bound, not a method",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reflection" / "grpo.json")
     args = ap.parse_args()
     L.seed_everything(0)
@@ -70,7 +79,15 @@ def main() -> None:
     module = CaptionerGRPO(
         model,
         processor,
-        CaptionReward(scorer, TextRules()),
+        CaptionReward(
+            scorer,
+            TextRules(),
+            w_sim=args.w_sim,
+            w_margin=args.w_margin,
+            w_att=args.w_att,
+            w_truth=args.w_truth,
+            world=world,
+        ),
         group_size=args.group,
         lr=args.lr,
         beta=args.beta,

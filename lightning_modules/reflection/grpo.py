@@ -51,7 +51,9 @@ def clipped_surrogate(logp, old_logp, adv, clip: float = 0.2) -> torch.Tensor:
 
 class CaptionReward:
     """The reward terms of sampled captions. `scorer`: a ClipScorer (the gate); `negatives`: a generator of rule
-    rewrites (`TextRules`) for the margin term; `policy` + `processor`: for the attention term (None: off)."""
+    rewrites (`TextRules`) for the margin term; `policy` + `processor`: for the attention term (None: off).
+    `w_truth` with `world`: +1 for a caption true of its scene (`holds()`; the batch must carry scene graphs) —
+    an oracle, for diagnosis only: it shows what the optimiser can do when the reward is right."""
 
     def __init__(
         self,
@@ -64,14 +66,23 @@ class CaptionReward:
         att_threshold: float = 0.0,
         w_len: float = 0.02,
         target_len: int = 16,
+        w_truth: float = 0.0,
+        world: World | None = None,
     ) -> None:
-        self.scorer, self.negatives = scorer, negatives
-        self.w = {"sim": w_sim, "margin": w_margin, "att": w_att, "len": w_len}
+        if w_truth and world is None:
+            raise ValueError("CaptionReward: w_truth needs the world (scene graphs are judged with holds())")
+        self.scorer, self.negatives, self.world = scorer, negatives, world
+        self.w = {"sim": w_sim, "margin": w_margin, "att": w_att, "len": w_len, "truth": w_truth}
         self.att_threshold, self.target_len = att_threshold, target_len
 
     @torch.no_grad()
     def __call__(
-        self, images: list, captions: list[str], n_tokens: torch.Tensor, att_share: torch.Tensor | None = None
+        self,
+        images: list,
+        captions: list[str],
+        n_tokens: torch.Tensor,
+        att_share: torch.Tensor | None = None,
+        scenes: list | None = None,
     ) -> dict[str, torch.Tensor]:
         img = self.scorer.encode_images(images)
         txt = self.scorer.encode_texts([c or "." for c in captions])
@@ -90,7 +101,19 @@ class CaptionReward:
         att = torch.zeros_like(sim) if att_share is None else att_share.float() * (sim >= self.att_threshold)
         length = (n_tokens.float() - self.target_len).clamp_min(0)
         total = self.w["sim"] * sim + self.w["margin"] * margin + self.w["att"] * att - self.w["len"] * length
-        return {"reward": total, "sim": sim, "margin": margin, "attention": att, "length_penalty": length}
+        out = {"reward": total, "sim": sim, "margin": margin, "attention": att, "length_penalty": length}
+        if self.w["truth"]:
+            if scenes is None:
+                raise ValueError("CaptionReward: w_truth is set but the batch has no scene graphs")
+            truth = torch.tensor(
+                [
+                    float((c := parse_claim(t)) is not None and holds(c, s, self.world.relation_margin))
+                    for t, s in zip(captions, scenes)
+                ]
+            )
+            out["truth_oracle"] = truth
+            out["reward"] = total + self.w["truth"] * truth
+        return out
 
 
 class CaptionerGRPO(L.LightningModule):
@@ -187,7 +210,8 @@ class CaptionerGRPO(L.LightningModule):
         with torch.no_grad():
             ref_logp = self.token_logps(self.ref, inputs, n_resp)
         rep_images = [im for im in images for _ in range(self.G)]
-        terms = self.reward(rep_images, texts, mask.sum(1).cpu(), att.cpu())
+        rep_scenes = [s for s in batch["scenes"] for _ in range(self.G)] if "scenes" in batch else None
+        terms = self.reward(rep_images, texts, mask.sum(1).cpu(), att.cpu(), rep_scenes)
         adv = group_advantages(terms["reward"].view(-1, self.G)).flatten().to(self.device)
         per_tok = clipped_surrogate(logp, logp.detach(), adv[:, None], self.clip) + self.beta * kl_k3(
             logp, ref_logp

@@ -79,3 +79,23 @@ def test_two_grpo_steps_train_the_policy_and_log_every_term(tmp_path):
     assert m["grpo/kl"] >= 0 and 0 <= m["grpo/attention_share"] <= 1
     changed = any(not torch.equal(a, b) for a, b in zip(before, module.policy.parameters()))
     assert changed and all(not p.requires_grad for p in module.ref.parameters())
+
+
+def test_oracle_truth_term_adds_exactly_its_weight_for_true_captions():
+    world = World(seed=0)
+    spec = ModelSpec(name="tiny-vit")
+    scorer = ClipScorer(spec.build().eval(), spec.image_transform(), spec.tokenizer())
+    images, caps, scenes = synthetic_pairs(world, "train", 4, image_size=48)
+    wrong = [
+        c.replace(w, "nothing") for c, w in zip(caps, [c.split()[-1] for c in caps])
+    ]  # unparsable: false
+    texts = caps[:2] + wrong[2:]
+    n = torch.full((4,), 5)
+    plain = CaptionReward(scorer, None)(images, texts, n, None, scenes)
+    oracle = CaptionReward(scorer, None, w_truth=2.0, world=world)(images, texts, n, None, scenes)
+    torch.testing.assert_close(oracle["truth_oracle"], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(oracle["reward"] - plain["reward"], 2.0 * oracle["truth_oracle"])
+    with pytest.raises(ValueError, match="needs the world"):
+        CaptionReward(scorer, None, w_truth=1.0)
+    with pytest.raises(ValueError, match="no scene graphs"):
+        CaptionReward(scorer, None, w_truth=1.0, world=world)(images, texts, n)

@@ -212,3 +212,19 @@ def test_produce_phase_reflects_only_the_captions_written_in_this_run(tmp_path):
     assert refl["report"]["stage_outputs"]["reflect_captions"]["reflected"] == len(cap_refl)
     with pytest.raises(ValueError, match="phase"):
         ReflectStage(stage.backend, phase="later")
+
+
+def test_attention_meter_from_config(cfg_factory):
+    from datamodules.preprocess.run import build
+
+    cfg = cfg_factory(
+        "gate=none",
+        "preprocess.attention={_target_:tests.datamodules.preprocess.test_reflect.ConstantAttention,low:[]}",
+        "preprocess.attention_threshold=0.2",
+        config_name="preprocess",
+    )
+    _, _, pre = build(cfg.preprocess)
+    assert isinstance(pre.attention, ConstantAttention) and pre.attention_threshold == 0.2
+    cfg2 = cfg_factory("gate=none", "preprocess.attention_threshold=0.2", config_name="preprocess")
+    with pytest.raises(ValueError, match="go together"):
+        build(cfg2.preprocess)
