@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from datamodules.benchmarks.collect import append_jsonl  # noqa: E402
 
 FIXED = [
     "run_test=false",
@@ -78,9 +80,7 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - informational only
             pass
     print(json.dumps(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        f.write(json.dumps(result) + "\n")
+    append_jsonl(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from datamodules.benchmarks.collect import append_jsonl  # noqa: E402
 
 
 def main() -> None:
@@ -66,9 +67,7 @@ def main() -> None:
         "rates": [round(r, 1) for r in rates],
     }
     print(json.dumps(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        f.write(json.dumps(result) + "\n")
+    append_jsonl(args.out, result)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ a wrong answer, false captions fixed. Truth: `holds()` on the scene graph.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from datamodules.benchmarks.collect import append_jsonl  # noqa: E402
 from datamodules.preprocess.symbolic import SceneCaptioner  # noqa: E402
 from datamodules.sources.synthetic import SyntheticWorldSource  # noqa: E402
 from datamodules.world import World  # noqa: E402
@@ -76,9 +76,7 @@ def main() -> None:
         print(
             f"| {err} | {row['before']} | {row['after']} | {row['revised']} | {row['broke']} | {row['fixed']} |"
         )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(args.out, row)
         if traces:
             print(f"traces: {write_traces(args.traces, traces)}")
 

@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from datamodules.benchmarks.collect import append_jsonl  # noqa: E402
 from datamodules.dataset import Batch  # noqa: E402
 from lightning_modules.clip_module import ClipModule, param_groups  # noqa: E402
 from lightning_modules.losses.base import LossInputs, LossSum  # noqa: E402
@@ -264,9 +265,7 @@ def main() -> None:
         "lightning": L.__version__,
     }
     print(json.dumps(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        f.write(json.dumps(result) + "\n")
+    append_jsonl(args.out, result)
     if args.profile:
         profile_steps(module, bare, batch, args)
 

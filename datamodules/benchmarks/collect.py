@@ -32,6 +32,13 @@ SWAP_REPLACE = [c for c in CATEGORIES if c.startswith(("replace_", "swap_"))]
 IGNORED_KEYS = ("seed", "hydra.", "paths.", "trainer.enable_progress_bar", "logger")
 
 
+def append_jsonl(path: Path, record: dict) -> None:
+    """Appends `record` as one JSON line to `path` (the result logs of the benchmark scripts), creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def headline_metrics(m: dict[str, float]) -> dict[str, float]:
     """The numbers a run is read for, from its flat metrics: the swap+replace mean (only when all six categories are
     there), each synthetic category, the Winoground-style group score, val/test R@1 (mean of both directions)."""

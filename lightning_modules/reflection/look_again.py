@@ -106,22 +106,23 @@ class SceneResponder:
         if q.kind == "count":
             n = sum(q.desc.matches(o) for o in objs)
             return str(max(0, n + (rng.choice([-1, 1]) if wrong else 0)))
-        if q.kind == "shape":  # the shape of an object of this colour (and size, when given)
+        if q.kind in (
+            "shape",
+            "colour",
+        ):  # the asked attribute of an object with the other one (and the size)
+            known, asked, values = (
+                ("color", "shape", SHAPES) if q.kind == "shape" else ("shape", "color", COLORS)
+            )
             cands = [
-                o for o in objs if o.color == q.desc.color and (q.desc.size is None or o.size == q.desc.size)
+                o
+                for o in objs
+                if getattr(o, known) == getattr(q.desc, known)
+                and (q.desc.size is None or o.size == q.desc.size)
             ]
             if not cands:
                 return "none"
-            shape = rng.choice(cands).shape
-            return rng.choice([s for s in SHAPES if s != shape]) if wrong else shape
-        if q.kind == "colour":  # the colour of an object of this shape (and size, when given)
-            cands = [
-                o for o in objs if o.shape == q.desc.shape and (q.desc.size is None or o.size == q.desc.size)
-            ]
-            if not cands:
-                return "none"
-            colour = rng.choice(cands).color
-            return rng.choice([c for c in COLORS if c != colour]) if wrong else colour
+            value = getattr(rng.choice(cands), asked)
+            return rng.choice([v for v in values if v != value]) if wrong else value
         if q.kind in ("relation", "where"):
             m = self.world.relation_margin
             pairs = [
