@@ -5,7 +5,9 @@
 # also when the run is cut short. Two parts, each inside one 10-minute device call (both: ~12 minutes on one H100):
 #   bash benchmarks/gpu_checks.sh core    # gpu tests, overhead (per-step synced and in blocks of 10), loader runs (~9.5 min)
 #   bash benchmarks/gpu_checks.sh extra   # overhead profile, step cost bf16, overhead with torch.compile (~6 min)
-#   bash benchmarks/gpu_checks.sh         # both
+#   bash benchmarks/gpu_checks.sh diag    # where the hard-negative data wait comes from, overhead in blocks,
+#                                         # the compiled row (~9.5 min)
+#   bash benchmarks/gpu_checks.sh         # core and extra
 set -u
 DEST=${OUT:-/tmp/gpu_checks}
 RES=/tmp/gpu_checks_res/results
@@ -21,11 +23,31 @@ git log -1 --format='commit %H %s' 2>/dev/null | cut -c1-120 | tee -a "$RES/gpu.
 step() { local t=$1; shift; local s=$(date +%s); timeout "$t" "$@"; echo "{\"step\": \"$*\", \"rc\": $?, \"s\": $(( $(date +%s) - s ))}" | cut -c1-400; }
 
 PART=${1:-all}
+OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/overhead.jsonl"
+LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
+LW="$PY benchmarks/loader_worker.py --out $RES/loader_worker.jsonl --batch-size 256"
+B32="trainer=gpu model=vit_b32 data.batch_size=256 data.num_workers=$W"
+if [ "$PART" = diag ]; then
+lscpu | grep -m1 'Model name' | tee -a "$RES/gpu.txt"
+# the loader alone on this host: one process, then the real W-worker pinned loader (free-running, and with a
+# 160 ms sleep per batch standing in for the hard-negative GPU step)
+step 40 $LW --batches 2 --repeats 2 -- model=vit_b32 experiment=hardneg
+step 50 $LW --batches 10 --repeats 2 --workers $W --pin -- model=vit_b32 experiment=hardneg
+step 50 $LW --batches 10 --repeats 2 --workers $W --pin --consume-ms 160 -- model=vit_b32 experiment=hardneg
+step 40 $LW --batches 10 --repeats 2 --workers $W --pin -- model=vit_b32
+step 50 $OH --model ViT-B-32 --batch 256 --steps 80 --warmup 20 --block 10
+step 45 $OH --model ViT-B-16 --batch 128 --steps 50 --warmup 10 --block 10
+step 95 $LT --name b32_hardneg_prof --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90 +trainer.profiler=simple
+step 75 $LT --name b32_plain --timeout 70 -- $B32 trainer.max_steps=130
+for d in /tmp/hardneg_loader/*/; do cp "$d/output.log" "$RES/$(basename "$d").log" 2>/dev/null; done
+step 150 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --compile
+echo done
+exit 0
+fi
 if [ "$PART" != extra ]; then
 step 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -x > "$RES/pytest_gpu.txt" 2>&1
 tail -4 "$RES/pytest_gpu.txt"
 
-OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/overhead.jsonl"
 step 50 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15
 step 50 $OH --model ViT-B-32 --batch 256 --steps 80 --warmup 20 --block 10
 step 50 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --hardneg 2
@@ -33,8 +55,6 @@ step 40 $OH --model ViT-B-16 --batch 128 --steps 40 --warmup 10
 step 40 $OH --model ViT-B-16 --batch 128 --steps 50 --warmup 10 --block 10
 step 45 $OH --model ViT-L-14 --batch 64 --steps 30 --warmup 8
 
-LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
-B32="trainer=gpu model=vit_b32 data.batch_size=256 data.num_workers=$W"
 step 75 $LT --name b32_plain --timeout 70 -- $B32 trainer.max_steps=130
 step 95 $LT --name b32_hardneg --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
 fi

@@ -6,7 +6,8 @@
 
 Each run trains with validation, test and benchmarks off and the CSV logger every 5 steps; the JSON line reports
 the medians of `train/samples_per_second` and `train/data_wait_fraction` (share of each step spent waiting for the
-next batch) after `--skip` steps of warm-up (worker start, cudnn autotune), and appends it to `--out`.
+next batch) after `--skip` steps of warm-up (worker start, cudnn autotune), and appends it to `--out`. The run's
+full output is kept in `<run-dir>/<name>/output.log` (with `+trainer.profiler=simple`: Lightning's per-hook times).
 """
 
 from __future__ import annotations
@@ -64,10 +65,13 @@ def main() -> None:
     cmd = [sys.executable, str(ROOT / "train.py"), *FIXED, *args.overrides, f"hydra.run.dir={run_dir}"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "output.log").write_text(p.stdout + p.stderr)  # e.g. a `+trainer.profiler=simple` report
     result: dict = {
         "name": args.name,
         "overrides": args.overrides,
         "wall_s": round(time.perf_counter() - t0, 1),
+        "log": str(run_dir / "output.log"),
     }
     if p.returncode != 0:
         result |= {"status": "failed", "log_tail": (p.stdout + p.stderr)[-2000:]}
