@@ -7,6 +7,9 @@
 #   bash benchmarks/gpu_checks.sh extra   # overhead profile, step cost bf16, overhead with torch.compile (~6 min)
 #   bash benchmarks/gpu_checks.sh diag    # where the hard-negative data wait comes from, overhead in blocks,
 #                                         # the compiled row (~9.5 min)
+#   bash benchmarks/gpu_checks.sh sync    # host synchronisations per training step (SyncAudit) with and without
+#                                         # hard negatives; if a copy of an earlier commit is in _old/, the
+#                                         # hard-negative loader run before/after side by side (~4 min)
 #   bash benchmarks/gpu_checks.sh         # core and extra
 set -u
 DEST=${OUT:-/tmp/gpu_checks}
@@ -27,6 +30,19 @@ OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/o
 LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
 LW="$PY benchmarks/loader_worker.py --out $RES/loader_worker.jsonl --batch-size 256"
 B32="trainer=gpu model=vit_b32 data.batch_size=256 data.num_workers=$W"
+if [ "$PART" = sync ]; then
+A="+callbacks.sync_audit._target_=lightning_modules.sync_audit.SyncAudit +callbacks.sync_audit.start=20 +callbacks.sync_audit.steps=10"
+step 80 $LT --name audit_hardneg --skip 10 --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=32 $A +callbacks.sync_audit.out=$RES/sync_audit_hardneg.json
+step 60 $LT --name audit_plain --skip 10 --timeout 55 -- $B32 trainer.max_steps=32 $A +callbacks.sync_audit.out=$RES/sync_audit_plain.json
+if [ -d _old ]; then
+  (cd _old && git_old=$(cat COMMIT 2>/dev/null); echo "before: $git_old" | tee -a "$RES/gpu.txt"; \
+   step 95 $LT --name b32_hardneg_before --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90)
+fi
+step 95 $LT --name b32_hardneg_after --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
+for d in /tmp/hardneg_loader/*/; do cp "$d/output.log" "$RES/$(basename "$d").log" 2>/dev/null; done
+echo done
+exit 0
+fi
 if [ "$PART" = diag ]; then
 lscpu | grep -m1 'Model name' | tee -a "$RES/gpu.txt"
 # the loader alone on this host: one process, then the real W-worker pinned loader (free-running, and with a

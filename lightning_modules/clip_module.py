@@ -159,8 +159,10 @@ class ClipModule(L.LightningModule):
         )  # cumulative on this rank: unreadable images replaced
         logging = self._logging_step()
         if logging:
+            # Nothing goes to the progress bar here: Lightning converts every progress-bar value to a Python number
+            # after EVERY step (the stored tensor too, between logging steps), a host synchronisation per step
+            # (SyncAudit on an H100). The bar reads `train/loss` itself when it refreshes (console.StepProgressBar).
             self.log_dict(log, prog_bar=False, batch_size=b)
-            self.log("train/loss_step", total.detach(), prog_bar=True, logger=False, batch_size=b)
         self._accumulate_diag("train", x)
         if logging:
             self._log_diag("train")

@@ -46,7 +46,9 @@ class StepProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        m = trainer.callback_metrics
+        m = trainer.callback_metrics  # tensors; read only when the bar refreshes (every `refresh_rate` steps)
+        if "train/loss" in m:
+            items["loss"] = f"{float(m['train/loss']):.3g}"
         if "val/i2t_r1" in m and "val/t2i_r1" in m:
             items["val_R@1"] = f"{(float(m['val/i2t_r1']) + float(m['val/t2i_r1'])) / 2:.1f}"
         return items

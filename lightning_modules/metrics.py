@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from lightning_modules.losses.base import index_to_device
+
 
 @torch.no_grad()
 def retrieval_recall(
@@ -73,7 +75,7 @@ def hardneg_stats(
     # index_add sums per kind on the device. (Boolean-mask indexing per kind synchronised once per kind.)
     names = sorted(set(kinds))
     ids = {k: i for i, k in enumerate(names)}
-    kind_N = torch.tensor([ids[k] for k in kinds], dtype=torch.long).to(neg_ND.device, non_blocking=True)
+    kind_N = index_to_device([ids[k] for k in kinds], neg_ND.device)
     with torch.no_grad():
         anchor_ND = anchor_BD.detach().float()[owner_N]
         pos_ND = pos_BD.detach().float()[owner_N]

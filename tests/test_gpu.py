@@ -33,6 +33,34 @@ def test_bf16_training_on_gpu_saves_a_checkpoint_that_loads_on_cpu(cfg_factory, 
 
 
 @run_if(min_cuda_gpus=1)
+def test_hardneg_training_steps_do_not_synchronise_outside_logging_steps(cfg_factory, tmp_path):
+    """A host synchronisation inside a step stops the CPU from running ahead: the GPU then idles while the next
+    batch is fetched (data wait, framework overhead). SyncAudit lists every one torch knows of; outside logging
+    steps there must be none, with the default hard negatives (kind selection, per-sample terms, diagnostics)."""
+    from train import train
+
+    out = tmp_path / "syncs.json"
+    cfg = cfg_factory(
+        "trainer=gpu",
+        "experiment=hardneg",
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=5",
+        "trainer.val_check_interval=100000",
+        "+trainer.limit_val_batches=0",
+        "run_test=false",
+        "evaluate_after=false",
+        "+callbacks.sync_audit._target_=lightning_modules.sync_audit.SyncAudit",
+        "+callbacks.sync_audit.start=2",
+        "+callbacks.sync_audit.steps=8",
+        f"+callbacks.sync_audit.out={out}",
+    )
+    train(cfg)
+    rep = json.loads(out.read_text())
+    assert rep["steps"] == 8 and rep["logging_step_indices"], rep
+    assert rep["syncs_per_non_logging_step"] == 0, json.dumps(rep, indent=1)
+
+
+@run_if(min_cuda_gpus=1)
 def test_cuda_scorer_matches_cpu_scorer():
     from PIL import Image
 

@@ -26,6 +26,18 @@ class LossInputs:
     step: int | None = None  # the optimizer step being trained (None outside training): for scheduled terms
 
 
+def index_to_device(values: list[int], device: torch.device | str) -> torch.Tensor:
+    """A host list of indices as a long tensor on `device`, without a host synchronisation. A copy from pageable
+    host memory makes the CPU wait until every kernel already queued on the stream has finished (CUDA's
+    documented behaviour, `non_blocking` or not), which in a training step removes the CPU/GPU overlap: the GPU
+    then idles while the host fetches the next batch. Staged in pinned memory and copied with non_blocking, the
+    host runs on (the caching host allocator keeps the pinned buffer alive until the copy is done)."""
+    t = torch.tensor(values, dtype=torch.long)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def world() -> tuple[int, int]:
     """(rank, world_size) of the default process group, (0, 1) when not distributed."""
     if dist.is_available() and dist.is_initialized():

@@ -20,25 +20,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.losses.base import LossInputs, gather_padded, gather_with_grad, world
+from lightning_modules.losses.base import (
+    LossInputs,
+    gather_padded,
+    gather_with_grad,
+    index_to_device,
+    world,
+)
 
 
-def select(neg_kind: list[str], prefixes: list[str] | None) -> torch.Tensor:
-    """Boolean mask over negatives whose kind starts with any prefix (all when prefixes is None)."""
+def select(neg_kind: list[str], prefixes: list[str] | None) -> list[int]:
+    """Indices of the negatives whose kind starts with any prefix (all when prefixes is None). Computed on the
+    host from the kind strings and applied with `index_select`: a boolean mask on the device would make every
+    training step wait for the GPU (mask indexing synchronises to learn the result's size)."""
     if prefixes is None:
-        return torch.ones(len(neg_kind), dtype=torch.bool)
-    return torch.tensor([any(k.startswith(p) for p in prefixes) for k in neg_kind], dtype=torch.bool)
+        return list(range(len(neg_kind)))
+    return [i for i, k in enumerate(neg_kind) if any(k.startswith(p) for p in prefixes)]
 
 
-def _global_mean(local_sum: torch.Tensor, local_count: int) -> torch.Tensor:
+def take(x: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """Rows `keep` of `x` (a host index list), without a host synchronisation."""
+    if len(keep) == x.shape[0]:
+        return x
+    return x.index_select(0, index_to_device(keep, x.device))
+
+
+def _global_mean(local_sum: torch.Tensor, local_count: int | torch.Tensor) -> torch.Tensor:
     """Mean over all ranks' items when ranks hold different numbers of them. DDP averages gradients over the
-    W ranks, so each rank returns W · (its sum) / (global count): the average of these is the global mean."""
+    W ranks, so each rank returns W · (its sum) / (global count): the average of these is the global mean.
+    `local_count` may be a device tensor (no host synchronisation to read it)."""
     _, ws = world()
-    if ws == 1:
-        return local_sum / max(local_count, 1)
-    count = torch.tensor([float(local_count)], device=local_sum.device)
-    torch.distributed.all_reduce(count)
-    return local_sum * ws / count.clamp_min(1.0)
+    if not torch.is_tensor(local_count):
+        local_count = torch.full((), float(local_count), device=local_sum.device)
+    count = local_count.float().reshape(1)
+    if ws > 1:
+        count = count.clone()
+        torch.distributed.all_reduce(count)
+    return (local_sum * ws / count.clamp_min(1.0)).reshape(())
 
 
 def _hard_negative_term(
@@ -64,8 +82,9 @@ def _hard_negative_term(
     if mode == "per_sample":
         pos_logit_B = scale * (anchor_BD * pos_BD).sum(-1)
         neg_logit_N = scale * (anchor_BD[owner_N] * neg_ND).sum(-1)
-        has_neg_B = torch.zeros(b, dtype=torch.bool, device=anchor_BD.device)
-        has_neg_B[owner_N] = True
+        # index_fill_, not `has_neg_B[owner_N] = True`: that assignment copies the host value True to the device
+        # from pageable memory, a host synchronisation per call (SyncAudit).
+        has_neg_B = torch.zeros(b, dtype=torch.bool, device=anchor_BD.device).index_fill_(0, owner_N, True)
         # logsumexp over {own positive} ∪ {own negatives}, per sample.
         m_B = torch.full((b,), float("-inf"), device=anchor_BD.device).scatter_reduce(
             0, owner_N, neg_logit_N, reduce="amax"
@@ -74,8 +93,8 @@ def _hard_negative_term(
         sum_B = (pos_logit_B - m_B).exp() + torch.zeros_like(pos_logit_B).index_add(
             0, owner_N, (neg_logit_N - m_B[owner_N]).exp()
         )
-        loss_B = -(pos_logit_B - m_B - sum_B.log())
-        return _global_mean(loss_B[has_neg_B].sum(), int(has_neg_B.sum()))
+        loss_B = -(pos_logit_B - m_B - sum_B.log())  # 0 for samples without negatives (and masked anyway)
+        return _global_mean(torch.where(has_neg_B, loss_B, 0.0).sum(), has_neg_B.sum())
     # columns (NegCLIP): anchors against all gathered positives and all gathered negatives.
     all_pos_GD = gather_with_grad(pos_BD)
     all_neg_ND = gather_padded(neg_ND)
@@ -121,9 +140,12 @@ class _HardNegative(nn.Module):
                 x.img_neg_owner_M,
                 x.img_neg_kind,
             )
-        keep = select(kinds, self.kinds).to(anchor.device)
-        loss = _hard_negative_term(anchor, pos, neg[keep], owner[keep], x.logit_scale, self.mode, self.role)
-        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": keep.sum().float()}
+        keep = select(kinds, self.kinds)
+        loss = _hard_negative_term(
+            anchor, pos, take(neg, keep), take(owner, keep), x.logit_scale, self.mode, self.role
+        )
+        count = torch.full((), float(len(keep)), device=anchor.device)
+        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": count}
 
 
 class HardNegativeText(_HardNegative):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lightning_modules.losses.base import LossInputs
-from lightning_modules.losses.hard_negative import select
+from lightning_modules.losses.hard_negative import select, take
 
 
 class IntraModalSeparation(nn.Module):
@@ -55,11 +55,11 @@ class IntraModalSeparation(nn.Module):
             pos, neg, owner, kinds = x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.txt_neg_kind
         else:
             pos, neg, owner, kinds = x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
-        keep = select(kinds, self.kinds).to(pos.device) if kinds else None
-        if neg is None or keep is None or not bool(keep.any()):
+        keep = select(kinds, self.kinds) if kinds else []  # host indices: no device mask, no synchronisation
+        if neg is None or not keep:
             zero = pos.sum() * 0.0
             return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
-        cos_N = (pos.float()[owner[keep]] * neg.float()[keep]).sum(-1)
+        cos_N = (pos.float().index_select(0, take(owner, keep)) * take(neg, keep).float()).sum(-1)
         loss = (cos_N - self.margin).clamp_min(0).mean()
         if self.until_step is not None and x.step is not None and x.step >= self.until_step:
             loss = loss * 0.0  # switched off (kept in the graph: every rank runs the same backward)
