@@ -26,6 +26,53 @@ class LossInputs:
     step: int | None = None  # the optimizer step being trained (None outside training): for scheduled terms
 
 
+def check_schedule(schedule: list | None, name: str) -> list[tuple[int, float]]:
+    """Validates a `schedule: [[step, weight], ...]` option: from each step on, the term's weight is that value."""
+    out: list[tuple[int, float]] = []
+    for item in schedule or []:
+        if len(item) != 2 or not isinstance(item[0], int) or item[0] < 0:
+            raise ValueError(
+                f"{name}.schedule: expected [[step, weight], ...] with steps >= 0, got {schedule}"
+            )
+        out.append((int(item[0]), float(item[1])))
+    if [s for s, _ in out] != sorted({s for s, _ in out}):
+        raise ValueError(f"{name}.schedule: steps must be increasing, got {schedule}")
+    return out
+
+
+def weight_at(weight: float, schedule: list[tuple[int, float]], step: int | None) -> float:
+    """The term's weight at training step `step` (the base weight before the first scheduled step, and outside
+    training, where step is None)."""
+    if step is None:
+        return weight
+    for start, w in schedule:
+        if step >= start:
+            weight = w
+    return weight
+
+
+def check_dims(dims: list[int] | tuple[int, int] | None, name: str) -> tuple[int, int] | None:
+    """Validates a `dims: [lo, hi]` option (a slice of the embedding a term works in)."""
+    if dims is None:
+        return None
+    if len(dims) != 2 or not all(isinstance(d, int) for d in dims) or not 0 <= dims[0] < dims[1]:
+        raise ValueError(
+            f"{name}.dims must be [lo, hi] with 0 <= lo < hi (a slice of the embedding), got {dims}"
+        )
+    return int(dims[0]), int(dims[1])
+
+
+def subspace(x: torch.Tensor | None, dims: tuple[int, int] | None) -> torch.Tensor | None:
+    """Features restricted to the embedding slice `dims` and re-normalised (unchanged when dims is None). A term
+    that works in a slice shapes only those coordinates; the full embedding (what retrieval and the benchmarks
+    score) is the concatenation, so its cosine is a weighted sum of the slices' cosines."""
+    if dims is None or x is None:
+        return x
+    if dims[1] > x.shape[-1]:
+        raise ValueError(f"dims {list(dims)} exceed the embedding size {x.shape[-1]}")
+    return torch.nn.functional.normalize(x[..., dims[0] : dims[1]].float(), dim=-1)
+
+
 def index_to_device(values: list[int], device: torch.device | str) -> torch.Tensor:
     """A host list of indices as a long tensor on `device`, without a host synchronisation. A copy from pageable
     host memory makes the CPU wait until every kernel already queued on the stream has finished (CUDA's

@@ -22,9 +22,13 @@ from torch import nn
 
 from lightning_modules.losses.base import (
     LossInputs,
+    check_dims,
+    check_schedule,
     gather_padded,
     gather_with_grad,
     index_to_device,
+    subspace,
+    weight_at,
     world,
 )
 
@@ -114,9 +118,13 @@ class _HardNegative(nn.Module):
         kinds: list[str] | None = None,
         role: Literal["negative", "positive"] = "negative",
         name: str | None = None,
+        dims: list[int] | None = None,
+        schedule: list | None = None,
     ) -> None:
         super().__init__()
         name = name or f"hardneg_{self.modality}"
+        self.dims = check_dims(dims, name)
+        self.schedule = check_schedule(schedule, name)
         if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
             raise ValueError(
                 f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}"
@@ -141,16 +149,22 @@ class _HardNegative(nn.Module):
                 x.img_neg_kind,
             )
         keep = select(kinds, self.kinds)
+        anchor, pos, neg = (subspace(t, self.dims) for t in (anchor, pos, neg))
         loss = _hard_negative_term(
             anchor, pos, take(neg, keep), take(owner, keep), x.logit_scale, self.mode, self.role
         )
         count = torch.full((), float(len(keep)), device=anchor.device)
-        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_count": count}
+        weight = weight_at(
+            self.weight, self.schedule, x.step
+        )  # 0 keeps the graph: every rank runs one backward
+        return {f"{self.name}_loss": weight * loss, f"{self.name}_count": count}
 
 
 class HardNegativeText(_HardNegative):
     """Image → [positive captions + hard-negative captions]. Args: weight; mode columns|per_sample; kinds
-    (prefixes; None = all); role negative|positive; name (logged as `<name>_loss`, default hardneg_text)."""
+    (prefixes; None = all); role negative|positive; name (logged as `<name>_loss`, default hardneg_text); dims
+    ([lo, hi]: the term scores only that slice of the embedding, re-normalised; None = all of it); schedule
+    ([[step, weight], ...]: from each step on the weight is that value, e.g. [[400, 0.2]])."""
 
     modality = "text"
 

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightning_modules.losses.base import LossInputs
+from lightning_modules.losses.base import LossInputs, check_dims, check_schedule, subspace, weight_at
 from lightning_modules.losses.hard_negative import select, take
 
 
@@ -30,6 +30,8 @@ class IntraModalSeparation(nn.Module):
     weight, name: as every term (logged as `<name>_loss`, `<name>_cos`: mean cosine of the selected pairs).
     until_step: switch the term off from this training step on (None = always on); the cosine is still logged.
         The term's job is to break the symmetric saddle early; afterwards it may only cost capacity.
+    dims: [lo, hi]: the cosine is taken in that slice of the embedding (re-normalised); None = all of it.
+    schedule: [[step, weight], ...]: from each step on the weight is that value (`until_step: s` = [[s, 0]]).
     """
 
     def __init__(
@@ -40,6 +42,8 @@ class IntraModalSeparation(nn.Module):
         weight: float = 1.0,
         name: str | None = None,
         until_step: int | None = None,
+        dims: list[int] | None = None,
+        schedule: list | None = None,
     ) -> None:
         super().__init__()
         if modality not in ("text", "image"):
@@ -49,6 +53,8 @@ class IntraModalSeparation(nn.Module):
         self.modality, self.kinds, self.margin, self.weight = modality, kinds, margin, weight
         self.name = name or f"intra_{modality}"
         self.until_step = until_step
+        self.dims = check_dims(dims, self.name)
+        self.schedule = check_schedule(schedule, self.name)
 
     def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
         if self.modality == "text":
@@ -56,11 +62,13 @@ class IntraModalSeparation(nn.Module):
         else:
             pos, neg, owner, kinds = x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
         keep = select(kinds, self.kinds) if kinds else []  # host indices: no device mask, no synchronisation
+        pos, neg = subspace(pos, self.dims), subspace(neg, self.dims)
         if neg is None or not keep:
             zero = pos.sum() * 0.0
             return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
         cos_N = (pos.float().index_select(0, take(owner, keep)) * take(neg, keep).float()).sum(-1)
         loss = (cos_N - self.margin).clamp_min(0).mean()
+        weight = weight_at(self.weight, self.schedule, x.step)
         if self.until_step is not None and x.step is not None and x.step >= self.until_step:
-            loss = loss * 0.0  # switched off (kept in the graph: every rank runs the same backward)
-        return {f"{self.name}_loss": self.weight * loss, f"{self.name}_cos": cos_N.mean().detach()}
+            weight = 0.0  # switched off (kept in the graph: every rank runs the same backward)
+        return {f"{self.name}_loss": weight * loss, f"{self.name}_cos": cos_N.mean().detach()}

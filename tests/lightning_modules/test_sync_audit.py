@@ -1,5 +1,4 @@
-"""SyncAudit (host-synchronisation audit of training steps) and the synchronisation-free kind selection of the
-hard-negative terms."""
+"""SyncAudit: the host-synchronisation audit of training steps (its GPU check is in tests/test_gpu.py)."""
 
 import json
 import traceback
@@ -7,10 +6,7 @@ import warnings
 
 import torch
 
-from lightning_modules.losses.base import index_to_device
-from lightning_modules.losses.hard_negative import HardNegativeText, select, take
 from lightning_modules.sync_audit import SyncAudit, call_site
-from tests.lightning_modules.losses.test_hard_negative_losses import inputs, naive_per_sample
 
 
 def frame(filename, lineno, name):
@@ -76,29 +72,3 @@ def test_audit_is_a_reported_no_op_without_cuda(tmp_path):
         trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=2))
     rep = json.loads(out.read_text())
     assert rep["steps"] == 0 and "no audited step" in rep["note"]
-
-
-def test_select_and_take_are_host_index_selection():
-    kinds = ["compositional/color", "structure/x", "compositional/position", "compositional/swap_objects"]
-    assert select(kinds, None) == [0, 1, 2, 3]
-    assert select(kinds, ["compositional/position", "compositional/swap_objects"]) == [2, 3]
-    x = torch.arange(8.0).view(4, 2)
-    assert take(x, [0, 1, 2, 3]) is x  # everything kept: no copy
-    torch.testing.assert_close(take(x, [3, 1]), x[[3, 1]])
-    assert take(x, []).shape == (0, 2)
-    idx = index_to_device([2, 0], "cpu")
-    assert idx.dtype == torch.long and idx.tolist() == [2, 0]
-
-
-def test_per_sample_kind_selection_with_samples_without_negatives_matches_naive():
-    # kinds select negatives of samples 0 and 3 only: samples 1 and 2 have none and must not enter the mean
-    x = inputs()
-    x.img_BD.requires_grad_(True)
-    out = HardNegativeText(mode="per_sample", kinds=["compositional/"])(x)
-    keep = [0, 1, 3]
-    ref = naive_per_sample(x.img_BD, x.txt_BD, x.txt_neg_ND[keep], x.txt_neg_owner_N[keep], x.logit_scale)
-    torch.testing.assert_close(out["hardneg_text_loss"], ref)
-    assert float(out["hardneg_text_count"]) == 3
-    out["hardneg_text_loss"].backward()
-    grad = x.img_BD.grad
-    assert grad[[1, 2]].abs().max() == 0 and grad[[0, 3]].abs().max() > 0

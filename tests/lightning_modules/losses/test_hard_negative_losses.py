@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.losses.base import LossInputs, LossSum
+from lightning_modules.losses.base import LossInputs, LossSum, index_to_device
 from lightning_modules.losses.contrastive import ContrastiveLoss
-from lightning_modules.losses.hard_negative import HardNegativeImage, HardNegativeText
+from lightning_modules.losses.hard_negative import HardNegativeImage, HardNegativeText, select, take
 from lightning_modules.losses.pair_positive import PairPositive
 from tests.helpers import free_port
 
@@ -312,3 +312,85 @@ def test_intra_modal_term_switches_off_at_until_step():
     assert float(off["intra_text_loss"]) == 0.0 and float(off["intra_text_cos"]) == pytest.approx(1.0)
     off["intra_text_loss"].backward()  # still in the graph
     assert IntraModalSeparation("text", margin=0.5, until_step=6)(x)["intra_text_loss"] > 0
+
+
+def test_select_and_take_are_host_index_selection():
+    kinds = ["compositional/color", "structure/x", "compositional/position", "compositional/swap_objects"]
+    assert select(kinds, None) == [0, 1, 2, 3]
+    assert select(kinds, ["compositional/position", "compositional/swap_objects"]) == [2, 3]
+    x = torch.arange(8.0).view(4, 2)
+    assert take(x, [0, 1, 2, 3]) is x  # everything kept: no copy
+    torch.testing.assert_close(take(x, [3, 1]), x[[3, 1]])
+    assert take(x, []).shape == (0, 2)
+    idx = index_to_device([2, 0], "cpu")
+    assert idx.dtype == torch.long and idx.tolist() == [2, 0]
+
+
+def test_per_sample_kind_selection_with_samples_without_negatives_matches_naive():
+    # kinds select negatives of samples 0 and 3 only: samples 1 and 2 have none and must not enter the mean
+    x = inputs()
+    x.img_BD.requires_grad_(True)
+    out = HardNegativeText(mode="per_sample", kinds=["compositional/"])(x)
+    keep = [0, 1, 3]
+    ref = naive_per_sample(x.img_BD, x.txt_BD, x.txt_neg_ND[keep], x.txt_neg_owner_N[keep], x.logit_scale)
+    torch.testing.assert_close(out["hardneg_text_loss"], ref)
+    assert float(out["hardneg_text_count"]) == 3
+    out["hardneg_text_loss"].backward()
+    grad = x.img_BD.grad
+    assert grad[[1, 2]].abs().max() == 0 and grad[[0, 3]].abs().max() > 0
+
+
+def test_terms_in_an_embedding_slice_score_only_that_slice():
+    import pytest
+    import torch.nn.functional as F
+
+    from lightning_modules.losses.intra_modal import IntraModalSeparation
+
+    x = inputs()
+    lo, hi = 4, 12
+
+    def sl(t):
+        return F.normalize(t[:, lo:hi], dim=-1)
+
+    out = HardNegativeText(mode="per_sample", kinds=None, dims=[lo, hi])(x)
+    ref = naive_per_sample(sl(x.img_BD), sl(x.txt_BD), sl(x.txt_neg_ND), x.txt_neg_owner_N, x.logit_scale)
+    torch.testing.assert_close(out["hardneg_text_loss"], ref)
+    full = HardNegativeText(mode="per_sample", kinds=None)(x)["hardneg_text_loss"]
+    assert not torch.isclose(full, ref)  # the slice changes the term
+
+    term = IntraModalSeparation(modality="text", kinds=None, margin=0.1, dims=[lo, hi])
+    got = term(x)
+    cos = (sl(x.txt_BD)[x.txt_neg_owner_N] * sl(x.txt_neg_ND)).sum(-1)
+    torch.testing.assert_close(got["intra_text_loss"], (cos - 0.1).clamp_min(0).mean())
+    torch.testing.assert_close(got["intra_text_cos"], cos.mean())
+
+    with pytest.raises(ValueError, match="rel.dims"):
+        HardNegativeText(dims=[8, 4], name="rel")
+    with pytest.raises(ValueError, match="exceed the embedding size"):
+        HardNegativeText(mode="per_sample", kinds=None, dims=[0, 64])(x)
+
+
+def test_weight_schedule_sets_the_weight_from_each_step_on():
+    import pytest
+
+    from lightning_modules.losses.intra_modal import IntraModalSeparation
+
+    x = inputs()
+    term = HardNegativeText(mode="per_sample", kinds=None, weight=1.0, schedule=[[4, 0.5], [8, 0.0]])
+    base = HardNegativeText(mode="per_sample", kinds=None)(x)["hardneg_text_loss"]
+    for step, w in [(None, 1.0), (0, 1.0), (3, 1.0), (4, 0.5), (7, 0.5), (8, 0.0), (100, 0.0)]:
+        x.step = step
+        torch.testing.assert_close(term(x)["hardneg_text_loss"], w * base)
+    x.txt_BD.requires_grad_(True)
+    x.step = 9
+    out = term(x)["hardneg_text_loss"]
+    assert out.requires_grad and out == 0  # off, but still in the graph (one backward on every rank)
+    intra = IntraModalSeparation("text", kinds=None, margin=0.0, schedule=[[2, 3.0]])
+    x.step = 1
+    one = intra(x)["intra_text_loss"]
+    x.step = 2
+    torch.testing.assert_close(intra(x)["intra_text_loss"], 3.0 * one)
+    with pytest.raises(ValueError, match="increasing"):
+        HardNegativeText(schedule=[[5, 0.1], [2, 0.0]])
+    with pytest.raises(ValueError, match="step, weight"):
+        HardNegativeText(schedule=[[5]])
