@@ -130,6 +130,7 @@ class ClipModule(L.LightningModule):
             img_neg_kind=batch.img_neg_kind_M,
             txt_neg_kind=batch.txt_neg_kind_N,
             step=self.global_step if self.training else None,
+            total_steps=self._trainer.max_steps if self._trainer is not None else None,
         )
 
     def compute_loss(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

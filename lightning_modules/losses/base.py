@@ -24,28 +24,47 @@ class LossInputs:
     img_neg_kind: list[str] = field(default_factory=list)
     txt_neg_kind: list[str] = field(default_factory=list)
     step: int | None = None  # the optimizer step being trained (None outside training): for scheduled terms
+    total_steps: int | None = (
+        None  # the run's trainer.max_steps (None if unknown): for fractional schedule steps
+    )
 
 
-def check_schedule(schedule: list | None, name: str) -> list[tuple[int, float]]:
-    """Validates a `schedule: [[step, weight], ...]` option: from each step on, the term's weight is that value."""
-    out: list[tuple[int, float]] = []
+def check_schedule(schedule: list | None, name: str) -> list[tuple[int | float, float]]:
+    """Validates a `schedule: [[step, weight], ...]` option: from each step on, the term's weight is that value. A
+    step is an optimizer step (int >= 0) or a fraction of the run (float in (0, 1): of trainer.max_steps)."""
+    out: list[tuple[int | float, float]] = []
     for item in schedule or []:
-        if len(item) != 2 or not isinstance(item[0], int) or item[0] < 0:
+        ok = len(item) == 2 and (
+            (isinstance(item[0], int) and item[0] >= 0) or (isinstance(item[0], float) and 0 < item[0] < 1)
+        )
+        if not ok:
             raise ValueError(
-                f"{name}.schedule: expected [[step, weight], ...] with steps >= 0, got {schedule}"
+                f"{name}.schedule: expected [[step, weight], ...] with steps ints >= 0 or fractions of the run in "
+                f"(0, 1), got {schedule}"
             )
-        out.append((int(item[0]), float(item[1])))
+        out.append((item[0], float(item[1])))
+    kinds = {type(s) for s, _ in out}
+    if len(kinds) > 1:
+        raise ValueError(f"{name}.schedule: steps are all ints or all fractions, got {schedule}")
     if [s for s, _ in out] != sorted({s for s, _ in out}):
         raise ValueError(f"{name}.schedule: steps must be increasing, got {schedule}")
     return out
 
 
-def weight_at(weight: float, schedule: list[tuple[int, float]], step: int | None) -> float:
+def weight_at(
+    weight: float, schedule: list[tuple[int | float, float]], step: int | None, total_steps: int | None = None
+) -> float:
     """The term's weight at training step `step` (the base weight before the first scheduled step, and outside
-    training, where step is None)."""
+    training, where step is None). Fractional steps need the run's length (`total_steps`)."""
     if step is None:
         return weight
     for start, w in schedule:
+        if isinstance(start, float):
+            if not total_steps or total_steps <= 0:
+                raise ValueError(
+                    "a loss schedule with fractional steps needs trainer.max_steps > 0 (the run's length)"
+                )
+            start = round(start * total_steps)
         if step >= start:
             weight = w
     return weight

@@ -154,9 +154,8 @@ class _HardNegative(nn.Module):
             anchor, pos, take(neg, keep), take(owner, keep), x.logit_scale, self.mode, self.role
         )
         count = torch.full((), float(len(keep)), device=anchor.device)
-        weight = weight_at(
-            self.weight, self.schedule, x.step
-        )  # 0 keeps the graph: every rank runs one backward
+        # a weight of 0 keeps the term in the graph: every rank runs the same backward
+        weight = weight_at(self.weight, self.schedule, x.step, x.total_steps)
         return {f"{self.name}_loss": weight * loss, f"{self.name}_count": count}
 
 

@@ -68,7 +68,7 @@ class IntraModalSeparation(nn.Module):
             return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
         cos_N = (pos.float().index_select(0, take(owner, keep)) * take(neg, keep).float()).sum(-1)
         loss = (cos_N - self.margin).clamp_min(0).mean()
-        weight = weight_at(self.weight, self.schedule, x.step)
+        weight = weight_at(self.weight, self.schedule, x.step, x.total_steps)
         if self.until_step is not None and x.step is not None and x.step >= self.until_step:
             weight = 0.0  # switched off (kept in the graph: every rank runs the same backward)
         return {f"{self.name}_loss": weight * loss, f"{self.name}_cos": cos_N.mean().detach()}

@@ -394,3 +394,23 @@ def test_weight_schedule_sets_the_weight_from_each_step_on():
         HardNegativeText(schedule=[[5, 0.1], [2, 0.0]])
     with pytest.raises(ValueError, match="step, weight"):
         HardNegativeText(schedule=[[5]])
+
+
+def test_fractional_schedule_steps_follow_the_run_length():
+    import pytest
+
+    from lightning_modules.losses.base import weight_at
+
+    x = inputs()
+    term = HardNegativeText(mode="per_sample", kinds=None, schedule=[[0.5, 0.2]])
+    base = HardNegativeText(mode="per_sample", kinds=None)(x)["hardneg_text_loss"]
+    for total, step, w in [(800, 399, 1.0), (800, 400, 0.2), (100, 49, 1.0), (100, 50, 0.2)]:
+        x.step, x.total_steps = step, total
+        torch.testing.assert_close(term(x)["hardneg_text_loss"], w * base)
+    assert weight_at(1.0, [(0.5, 0.2)], None, None) == 1.0  # outside training: the base weight
+    with pytest.raises(ValueError, match="max_steps"):
+        weight_at(1.0, [(0.5, 0.2)], 10, -1)  # an epoch-based run has no length to take a share of
+    with pytest.raises(ValueError, match="all ints or all fractions"):
+        HardNegativeText(schedule=[[0.2, 0.5], [600, 0.1]])
+    with pytest.raises(ValueError, match="fractions of the run"):
+        HardNegativeText(schedule=[[1.5, 0.1]])
