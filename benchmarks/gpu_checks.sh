@@ -25,6 +25,9 @@ git log -1 --format='commit %H %s' 2>/dev/null | cut -c1-120 | tee -a "$RES/gpu.
 
 step() { local t=$1; shift; local s=$(date +%s); timeout "$t" "$@"; echo "{\"step\": \"$*\", \"rc\": $?, \"s\": $(( $(date +%s) - s ))}" | cut -c1-400; }
 
+# the train.py outputs of the loader runs (profiler reports) beside the results
+keep_logs() { for d in /tmp/hardneg_loader/*/; do cp "$d/output.log" "$RES/$(basename "$d").log" 2>/dev/null; done; }
+
 PART=${1:-all}
 OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/overhead.jsonl"
 LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
@@ -39,7 +42,7 @@ if [ -d _old ]; then
    step 95 $LT --name b32_hardneg_before --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90)
 fi
 step 95 $LT --name b32_hardneg_after --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
-for d in /tmp/hardneg_loader/*/; do cp "$d/output.log" "$RES/$(basename "$d").log" 2>/dev/null; done
+keep_logs
 echo done
 exit 0
 fi
@@ -55,7 +58,7 @@ step 50 $OH --model ViT-B-32 --batch 256 --steps 80 --warmup 20 --block 10
 step 45 $OH --model ViT-B-16 --batch 128 --steps 50 --warmup 10 --block 10
 step 95 $LT --name b32_hardneg_prof --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90 +trainer.profiler=simple
 step 75 $LT --name b32_plain --timeout 70 -- $B32 trainer.max_steps=130
-for d in /tmp/hardneg_loader/*/; do cp "$d/output.log" "$RES/$(basename "$d").log" 2>/dev/null; done
+keep_logs
 step 150 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15 --compile
 echo done
 exit 0

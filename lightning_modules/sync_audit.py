@@ -96,12 +96,11 @@ class SyncAudit(L.Callback):
             self.write(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active:
+        if self._active:  # training ended inside the window: report the steps audited
             self._off()
-        if not self.per_step:
-            self.write(trainer, note="no audited step (not on CUDA, or training ended before `start`)")
-        elif not Path(self._path(trainer)).exists():
             self.write(trainer)
+        elif not self.per_step:
+            self.write(trainer, note="no audited step (not on CUDA, or training ended before `start`)")
 
     def report(self) -> dict[str, Any]:
         plain = [n for i, n in enumerate(self.per_step) if i not in self.logging_steps]

@@ -24,9 +24,7 @@ class LossInputs:
     img_neg_kind: list[str] = field(default_factory=list)
     txt_neg_kind: list[str] = field(default_factory=list)
     step: int | None = None  # the optimizer step being trained (None outside training): for scheduled terms
-    total_steps: int | None = (
-        None  # the run's trainer.max_steps (None if unknown): for fractional schedule steps
-    )
+    total_steps: int | None = None  # the run's trainer.max_steps (None if unknown): fractional schedule steps
 
 
 def check_schedule(schedule: list | None, name: str) -> list[tuple[int | float, float]]:

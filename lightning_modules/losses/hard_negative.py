@@ -149,10 +149,8 @@ class _HardNegative(nn.Module):
                 x.img_neg_kind,
             )
         keep = select(kinds, self.kinds)
-        anchor, pos, neg = (subspace(t, self.dims) for t in (anchor, pos, neg))
-        loss = _hard_negative_term(
-            anchor, pos, take(neg, keep), take(owner, keep), x.logit_scale, self.mode, self.role
-        )
+        anchor, pos, neg = (subspace(t, self.dims) for t in (anchor, pos, take(neg, keep)))
+        loss = _hard_negative_term(anchor, pos, neg, take(owner, keep), x.logit_scale, self.mode, self.role)
         count = torch.full((), float(len(keep)), device=anchor.device)
         # a weight of 0 keeps the term in the graph: every rank runs the same backward
         weight = weight_at(self.weight, self.schedule, x.step, x.total_steps)

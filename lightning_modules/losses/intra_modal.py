@@ -29,9 +29,10 @@ class IntraModalSeparation(nn.Module):
     margin: cosines below it cost nothing (the term only removes near-identity, it does not demand opposites).
     weight, name: as every term (logged as `<name>_loss`, `<name>_cos`: mean cosine of the selected pairs).
     until_step: switch the term off from this training step on (None = always on); the cosine is still logged.
-        The term's job is to break the symmetric saddle early; afterwards it may only cost capacity.
+        The term's job is to break the symmetric saddle early; afterwards it may only cost capacity. Shorthand for
+        `schedule: [[until_step, 0]]` (give one or the other).
     dims: [lo, hi]: the cosine is taken in that slice of the embedding (re-normalised); None = all of it.
-    schedule: [[step, weight], ...]: from each step on the weight is that value (`until_step: s` = [[s, 0]]).
+    schedule: [[step, weight], ...]: from each step on the weight is that value.
     """
 
     def __init__(
@@ -52,7 +53,12 @@ class IntraModalSeparation(nn.Module):
             raise ValueError(f"intra_modal.margin must be in [-1, 1), got {margin}")
         self.modality, self.kinds, self.margin, self.weight = modality, kinds, margin, weight
         self.name = name or f"intra_{modality}"
-        self.until_step = until_step
+        if until_step is not None:
+            if schedule:
+                raise ValueError(
+                    f"{self.name}: give until_step or schedule, not both (until_step: s = [[s, 0]])"
+                )
+            schedule = [[until_step, 0.0]]
         self.dims = check_dims(dims, self.name)
         self.schedule = check_schedule(schedule, self.name)
 
@@ -62,13 +68,12 @@ class IntraModalSeparation(nn.Module):
         else:
             pos, neg, owner, kinds = x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
         keep = select(kinds, self.kinds) if kinds else []  # host indices: no device mask, no synchronisation
-        pos, neg = subspace(pos, self.dims), subspace(neg, self.dims)
         if neg is None or not keep:
             zero = pos.sum() * 0.0
             return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
-        cos_N = (pos.float().index_select(0, take(owner, keep)) * take(neg, keep).float()).sum(-1)
+        pos_N = subspace(pos.index_select(0, take(owner, keep)), self.dims)
+        cos_N = (pos_N.float() * subspace(take(neg, keep), self.dims).float()).sum(-1)
         loss = (cos_N - self.margin).clamp_min(0).mean()
+        # a weight of 0 keeps the term in the graph: every rank runs the same backward
         weight = weight_at(self.weight, self.schedule, x.step, x.total_steps)
-        if self.until_step is not None and x.step is not None and x.step >= self.until_step:
-            weight = 0.0  # switched off (kept in the graph: every rank runs the same backward)
         return {f"{self.name}_loss": weight * loss, f"{self.name}_cos": cos_N.mean().detach()}

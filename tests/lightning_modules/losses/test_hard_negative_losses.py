@@ -312,6 +312,8 @@ def test_intra_modal_term_switches_off_at_until_step():
     assert float(off["intra_text_loss"]) == 0.0 and float(off["intra_text_cos"]) == pytest.approx(1.0)
     off["intra_text_loss"].backward()  # still in the graph
     assert IntraModalSeparation("text", margin=0.5, until_step=6)(x)["intra_text_loss"] > 0
+    with pytest.raises(ValueError, match="until_step or schedule"):
+        IntraModalSeparation("text", until_step=5, schedule=[[2, 0.5]])
 
 
 def test_select_and_take_are_host_index_selection():
