@@ -120,11 +120,15 @@ class _HardNegative(nn.Module):
         name: str | None = None,
         dims: list[int] | None = None,
         schedule: list | None = None,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         name = name or f"hardneg_{self.modality}"
         self.dims = check_dims(dims, name)
         self.schedule = check_schedule(schedule, name)
+        if scale is not None and not scale > 0:
+            raise ValueError(f"{name}.scale must be a positive logit scale (e.g. 50) or null, got {scale}")
+        self.scale = scale
         if mode not in ("columns", "per_sample") or role not in ("negative", "positive"):
             raise ValueError(
                 f"{name}: mode must be columns|per_sample and role negative|positive, got {mode}, {role}"
@@ -150,7 +154,9 @@ class _HardNegative(nn.Module):
             )
         keep = select(kinds, self.kinds)
         anchor, pos, neg = (subspace(t, self.dims) for t in (anchor, pos, take(neg, keep)))
-        loss = _hard_negative_term(anchor, pos, neg, take(owner, keep), x.logit_scale, self.mode, self.role)
+        # scale: a fixed logit scale for this term (the learned one then gets no gradient from it)
+        scale = x.logit_scale if self.scale is None else torch.full((), self.scale, device=anchor.device)
+        loss = _hard_negative_term(anchor, pos, neg, take(owner, keep), scale, self.mode, self.role)
         count = torch.full((), float(len(keep)), device=anchor.device)
         # a weight of 0 keeps the term in the graph: every rank runs the same backward
         weight = weight_at(self.weight, self.schedule, x.step, x.total_steps)
@@ -161,7 +167,8 @@ class HardNegativeText(_HardNegative):
     """Image → [positive captions + hard-negative captions]. Args: weight; mode columns|per_sample; kinds
     (prefixes; None = all); role negative|positive; name (logged as `<name>_loss`, default hardneg_text); dims
     ([lo, hi]: the term scores only that slice of the embedding, re-normalised; None = all of it); schedule
-    ([[step, weight], ...]: from each step on the weight is that value, e.g. [[400, 0.2]])."""
+    ([[step, weight], ...]: from each step on the weight is that value, e.g. [[400, 0.2]]); scale (a fixed logit
+    scale for this term instead of the model's learned one, e.g. 50; None = the learned one)."""
 
     modality = "text"
 

@@ -416,3 +416,21 @@ def test_fractional_schedule_steps_follow_the_run_length():
         HardNegativeText(schedule=[[0.2, 0.5], [600, 0.1]])
     with pytest.raises(ValueError, match="fractions of the run"):
         HardNegativeText(schedule=[[1.5, 0.1]])
+
+
+def test_fixed_scale_replaces_the_learned_logit_scale_for_that_term():
+    import pytest
+
+    x = inputs()
+    x.logit_scale = torch.tensor(12.0, requires_grad=True)
+    x.txt_BD.requires_grad_(True)
+    out = HardNegativeImage(mode="per_sample", kinds=None, scale=50.0)(x)["hardneg_image_loss"]
+    ref = naive_per_sample(x.txt_BD, x.img_BD, x.img_neg_MD, x.img_neg_owner_M, 50.0)
+    torch.testing.assert_close(out, ref)
+    learned = HardNegativeImage(mode="per_sample", kinds=None)(x)["hardneg_image_loss"]
+    assert not torch.isclose(out, learned)
+    out.backward()
+    assert x.txt_BD.grad.abs().max() > 0
+    assert x.logit_scale.grad is None  # the learned scale gets no gradient from a fixed-scale term
+    with pytest.raises(ValueError, match="rel.scale"):
+        HardNegativeText(scale=0.0, name="rel")
