@@ -124,6 +124,14 @@ def test_pair_positive_matches_naive():
     ) / (2 * n)
     torch.testing.assert_close(out["pair_positive_loss"], ref)
     assert out["pair_positive_count"] == 2
+    x.img_BD.requires_grad_(True)
+    x.img_neg_pair_M = torch.full(
+        (3,), -1
+    )  # image negatives, none paired: the term is off, still in the graph
+    out = PairPositive(weight=1.0)(x)
+    out["pair_positive_loss"].backward()
+    assert out["pair_positive_loss"] == 0 and out["pair_positive_count"] == 0
+    assert x.img_BD.grad is not None and torch.isfinite(x.img_BD.grad).all()
 
 
 def test_no_negatives_gives_zero_with_graph():
