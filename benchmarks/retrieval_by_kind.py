@@ -5,10 +5,11 @@ exists, count, negation): where a hard-negative recipe loses retrieval (README "
 
 Per checkpoint and kind: the number of captions, t2i R@1 (the caption's own image first among all images of the
 split), i2t R@1 (the image's own caption first among all captions), how many captions of the split are word-for-word
-the same as it (an exact duplicate makes R@1 ambiguous), and the mean cosine between two random captions of that kind
-and between two random images whose captions are of that kind (how tightly the tower clusters them); and the mean
-cosine between an attribute-list caption and the same list in another order (order that means nothing). Prints a
-JSON line per checkpoint and a markdown table.
+the same as it (an exact duplicate makes R@1 ambiguous), the mean cosine of a caption with its own image and its
+separation d' = (own cosine − mean cosine with the other images) / their standard deviation, and the mean cosine
+between two random captions of that kind and between two random images whose captions are of that kind (how tightly
+the tower clusters them); and the mean cosine between an attribute-list caption and the same list in another order
+(order that means nothing). Prints a JSON line per checkpoint and a markdown table.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def by_kind(ckpt: str, split: str) -> dict:
     idx = torch.arange(len(recs))
     t2i = (sim.argmax(1) == idx).float()
     i2t = (sim.argmax(0) == idx).float()
+    off = ~torch.eye(len(recs), dtype=torch.bool)
+    other_mean = (sim * off).sum(1) / off.sum(1)
+    other_std = ((sim - other_mean[:, None]).square() * off).sum(1).div(off.sum(1) - 1).sqrt()
     dup = Counter(r.caption for r in recs)
     kinds = [r.meta["claim_kind"] for r in recs]
     out: dict = {"ckpt": ckpt, "split": split, "all": {"n": len(recs)}}
@@ -66,6 +70,9 @@ def by_kind(ckpt: str, split: str) -> dict:
             "i2t_r1": 100 * float(i2t[m].mean()),
             "duplicated": sum(dup[r.caption] > 1 for r, keep in zip(recs, m) if keep),
             "txt_cos": mean_offdiag(txt[m]),
+            # separation of a caption's own image from the others: (own cosine - mean other) / std of the others
+            "pos_cos": float(sim.diagonal()[m].mean()),
+            "d_prime": float(((sim.diagonal() - other_mean) / other_std)[m].mean()),
             "img_cos": mean_offdiag(img[m]),
         }
     # Order sensitivity where order means nothing: an attribute list and the same list in another order (lists of
@@ -108,6 +115,10 @@ def main() -> None:
             for k in kinds
         ]
         print(f"| {name} | {r['all']['t2i_r1']:.1f} / {r['all']['i2t_r1']:.1f} | " + " | ".join(cells) + " |")
+    print("\nown-image cosine and separation d' = (own - mean other) / std other, per kind:")
+    for r in rows:
+        name = Path(r["ckpt"]).parent.parent.name
+        print(f"  {name}: " + ", ".join(f"{k} {r[k]['pos_cos']:.3f} / {r[k]['d_prime']:.2f}" for k in kinds))
     print("\nmean cosine between an attribute list and the same list reordered (exists captions, 2+ items):")
     for r in rows:
         print(f"  {Path(r['ckpt']).parent.parent.name}: {r['exists']['list_order_cos']:.3f}")

@@ -83,7 +83,10 @@ def resolve_device(device: str) -> torch.device:
 
 # open_clip.create_model keyword arguments a checkpoint may carry: they shape the architecture only. Anything else
 # (weights_only, pretrained_image_path, pretrained_hf, cache_dir, ...) could load files or run code and is refused.
-ARCHITECTURE_KWARGS = frozenset({"force_image_size", "force_patch_dropout", "force_custom_text"})
+ARCHITECTURE_KWARGS = frozenset(
+    {"force_image_size", "force_patch_dropout", "force_custom_text", "init_logit_scale", "init_logit_bias"}
+)
+NUMBER_KWARGS = frozenset({"init_logit_scale", "init_logit_bias"})  # initial values: numbers only
 
 
 def spec_from_checkpoint_config(model_cfg: dict, path: str | Path = "<checkpoint>") -> ModelSpec:
@@ -106,6 +109,11 @@ def spec_from_checkpoint_config(model_cfg: dict, path: str | Path = "<checkpoint
             f"ckpt_path: '{path}': refusing model.model_kwargs.{refused[0]} (allowed in a checkpoint: "
             f"{sorted(ARCHITECTURE_KWARGS)}); a checkpoint may not make open_clip load other files"
         )
+    for k in NUMBER_KWARGS & set(kwargs):
+        if kwargs[k] is not None and (isinstance(kwargs[k], bool) or not isinstance(kwargs[k], (int, float))):
+            raise ValueError(
+                f"ckpt_path: '{path}': model.model_kwargs.{k} must be a number, got {kwargs[k]!r}"
+            )
     config_file = model_cfg.get("config_file")
     if config_file is not None and not str(config_file).endswith(".json"):
         raise ValueError(

@@ -60,3 +60,14 @@ def test_unreadable_checkpoint_files_are_named(tmp_path, content):
     bad.write_bytes(content)
     with pytest.raises(ValueError, match=r"ckpt_path: '.*bad\.ckpt' \(\d+ bytes\) is not a readable"):
         load_checkpoint(bad)
+
+
+def test_a_checkpoint_trained_from_another_initial_temperature_loads_and_must_give_a_number(tmp_path):
+    ckpt = _checkpoint(tmp_path / "t.ckpt", {"name": "tiny-vit", "model_kwargs": {"init_logit_scale": 3.912}})
+    _, spec, _ = load_checkpoint(ckpt)
+    assert spec.model_kwargs == {"init_logit_scale": 3.912}
+    bad = _checkpoint(
+        tmp_path / "b.ckpt", {"name": "tiny-vit", "model_kwargs": {"init_logit_scale": "/x.pt"}}
+    )
+    with pytest.raises(ValueError, match=r"model_kwargs\.init_logit_scale must be a number"):
+        load_checkpoint(bad)

@@ -442,3 +442,30 @@ def test_fixed_scale_replaces_the_learned_logit_scale_for_that_term():
     assert x.logit_scale.grad is None  # the learned scale gets no gradient from a fixed-scale term
     with pytest.raises(ValueError, match="rel.scale"):
         HardNegativeText(scale=0.0, name="rel")
+
+
+def test_invariance_pulls_selected_rewrites_towards_their_positive():
+    import pytest
+
+    from lightning_modules.losses.invariance import IntraModalInvariance
+
+    x = inputs()
+    x.txt_neg_kind = ["paraphrase/list_order", "compositional/size", "paraphrase/list_order", "x", "y"]
+    x.txt_BD.requires_grad_(True)
+    term = IntraModalInvariance("text", kinds=["paraphrase/"], margin=0.9, weight=2.0, name="lo")
+    out = term(x)
+    owner = x.txt_neg_owner_N[[0, 2]]
+    cos = torch.stack([x.txt_BD[int(o)] @ x.txt_neg_ND[k] for o, k in zip(owner, [0, 2])])
+    torch.testing.assert_close(out["lo_loss"], 2.0 * (0.9 - cos).clamp_min(0).mean())
+    torch.testing.assert_close(out["lo_cos"], cos.mean())
+    out["lo_loss"].backward()
+    # owners of the selected rewrites are samples 0 and 1; the others get no gradient
+    assert x.txt_BD.grad[[2, 3]].abs().max() == 0 and x.txt_BD.grad[[0, 1]].abs().max() > 0
+    # a step of gradient descent raises the pairs' cosine
+    stepped = (x.txt_BD - 0.1 * x.txt_BD.grad).detach()
+    after = torch.stack([stepped[int(o)] @ x.txt_neg_ND[k] for o, k in zip(owner, [0, 2])])
+    assert (after > cos.detach()).all()
+    none = IntraModalInvariance("text", kinds=["absent/"])(x)
+    assert none["invariance_text_loss"] == 0 and none["invariance_text_loss"].requires_grad
+    with pytest.raises(ValueError, match="margin"):
+        IntraModalInvariance("text", margin=1.5)
