@@ -19,26 +19,12 @@ import re
 
 from PIL import Image
 
+from datamodules.lexicon import NUMBERS
 from datamodules.negatives.base import NegativeGenerator
 from datamodules.records import Negative, Record
 
 _SPLIT = re.compile(r",\s*(?:and\s+)?|\s+and\s+")
-_DETERMINERS = {
-    "a",
-    "an",
-    "the",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "some",
-}
+_DETERMINERS = {"a", "an", "the", "some", *NUMBERS}  # not lexicon.DETERMINERS: no possessives/demonstratives
 
 
 def list_items(caption: str, max_item_words: int = 4) -> list[str] | None:

@@ -22,6 +22,22 @@ from lightning_modules.losses.base import LossInputs, check_dims, check_schedule
 from lightning_modules.losses.hard_negative import select, take
 
 
+def selected_pair_cos(
+    x: LossInputs, modality: str, kinds: list[str] | None, dims: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the modality's positives, cosine of each selected extra item with its owner's positive), the cosine None
+    when nothing is selected. Shared by the separation term here and `invariance.IntraModalInvariance`."""
+    if modality == "text":
+        pos, extra, owner, have = x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.txt_neg_kind
+    else:
+        pos, extra, owner, have = x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
+    keep = select(have, kinds) if have else []  # host indices: no device mask, no synchronisation
+    if extra is None or not keep:
+        return pos, None
+    pos_N = subspace(pos.index_select(0, take(owner, keep)), dims)
+    return pos, (pos_N.float() * subspace(take(extra, keep), dims).float()).sum(-1)
+
+
 class IntraModalSeparation(nn.Module):
     """Args:
     modality: text (captions vs their rewrites) | image (images vs their edits).
@@ -63,16 +79,10 @@ class IntraModalSeparation(nn.Module):
         self.schedule = check_schedule(schedule, self.name)
 
     def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
-        if self.modality == "text":
-            pos, neg, owner, kinds = x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.txt_neg_kind
-        else:
-            pos, neg, owner, kinds = x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
-        keep = select(kinds, self.kinds) if kinds else []  # host indices: no device mask, no synchronisation
-        if neg is None or not keep:
+        pos, cos_N = selected_pair_cos(x, self.modality, self.kinds, self.dims)
+        if cos_N is None:
             zero = pos.sum() * 0.0
             return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
-        pos_N = subspace(pos.index_select(0, take(owner, keep)), self.dims)
-        cos_N = (pos_N.float() * subspace(take(neg, keep), self.dims).float()).sum(-1)
         loss = (cos_N - self.margin).clamp_min(0).mean()
         # a weight of 0 keeps the term in the graph: every rank runs the same backward
         weight = weight_at(self.weight, self.schedule, x.step, x.total_steps)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lightning_modules.losses.base import LossInputs, check_schedule, weight_at
-from lightning_modules.losses.hard_negative import select, take
+from lightning_modules.losses.intra_modal import selected_pair_cos
 
 
 class IntraModalInvariance(nn.Module):
@@ -45,15 +45,10 @@ class IntraModalInvariance(nn.Module):
         self.schedule = check_schedule(schedule, self.name)
 
     def forward(self, x: LossInputs) -> dict[str, torch.Tensor]:
-        if self.modality == "text":
-            pos, extra, owner, kinds = x.txt_BD, x.txt_neg_ND, x.txt_neg_owner_N, x.txt_neg_kind
-        else:
-            pos, extra, owner, kinds = x.img_BD, x.img_neg_MD, x.img_neg_owner_M, x.img_neg_kind
-        keep = select(kinds, self.kinds) if kinds else []  # host indices: no device mask, no synchronisation
-        if extra is None or not keep:
+        pos, cos_N = selected_pair_cos(x, self.modality, self.kinds)
+        if cos_N is None:
             zero = pos.sum() * 0.0
             return {f"{self.name}_loss": zero, f"{self.name}_cos": zero.detach()}
-        cos_N = (pos.index_select(0, take(owner, keep)).float() * take(extra, keep).float()).sum(-1)
         loss = (self.margin - cos_N).clamp_min(0).mean()
         weight = weight_at(self.weight, self.schedule, x.step, x.total_steps)
         return {f"{self.name}_loss": weight * loss, f"{self.name}_cos": cos_N.mean().detach()}

@@ -29,7 +29,8 @@ class PairPositive(nn.Module):
         # ones with a device mask would make every step wait for the GPU to learn how many there are.
         b = x.img_BD.shape[0]
         pair_M = x.img_neg_pair_M
-        valid_E = torch.cat([torch.ones(b, dtype=torch.bool, device=pair_M.device), pair_M >= 0])
+        paired_M = pair_M >= 0
+        valid_E = torch.cat([torch.ones(b, dtype=torch.bool, device=pair_M.device), paired_M])
         img_ED = torch.cat([x.img_BD, x.img_neg_MD]).float()
         txt_ED = torch.cat([x.txt_BD, x.txt_neg_ND.index_select(0, pair_M.clamp_min(0))]).float()
         logits_EE = x.logit_scale.float() * img_ED @ txt_ED.T
@@ -38,7 +39,7 @@ class PairPositive(nn.Module):
         ce_E = F.cross_entropy(logits_EE, labels_E, reduction="none") + F.cross_entropy(
             logits_EE.T, labels_E, reduction="none"
         )
-        count = (pair_M >= 0).sum()
+        count = paired_M.sum()
         loss = torch.where(valid_E, ce_E, 0.0).sum() / (2 * (b + count))
         loss = torch.where(
             count > 0, loss, 0.0
