@@ -18,8 +18,9 @@ install: $(STAMP)
 
 ## Train the default run and print its evaluation table: the noisy synthetic world (10% mismatched captions, 5% lone
 ## images, 5% lone texts) is preprocessed (gate of trained tiny ViT + ResNet scorers, look-again repair, captioning,
-## text-to-image) into a clean manifest, then a tiny ViT CLIP trains on it with compositional hard negatives (CPU). The scorers are trained first if
-## missing (`make scorers`). Other setups: make train EXPERIMENT=all ARGS="trainer.max_steps=200 seed=1"
+## text-to-image) into a clean manifest, then a tiny ViT CLIP trains on it with the default hard-negative recipe
+## (relational rewrites with re-rendered images + lexical rewrites; CPU). The scorers are trained first if missing
+## (`make scorers`). Other setups: make train EXPERIMENT=all ARGS="trainer.max_steps=200 seed=1"
 EXPERIMENT ?= noisy_hardneg
 SCORERS := data/scorers/tiny-vit.safetensors data/scorers/tiny-rn.safetensors
 train: $(STAMP) $(SCORERS)
@@ -32,7 +33,7 @@ evaluate: $(STAMP)
 ## Gate scorers for the synthetic world: a tiny ViT and a tiny ResNet CLIP trained on clean synthetic data,
 ## exported to data/scorers/{tiny-vit,tiny-rn}.safetensors (used by conf/gate/synthetic.yaml). They train on scenes
 ## disjoint from the raw data they will judge (scene_offset), like a pretrained CLIP that never saw your data, with the
-## raw world's object counts and caption mix (conf/raw/noisy_synthetic.yaml), not the relation-dense training default.
+## world's generic object counts (1-4) and caption mix, not the relation-dense mix of the data they judge.
 SCORER_ARGS = data.source.scene_offset=1000000 data.source.world.min_objects=1 data.source.world.caption_mix=null trainer.max_steps=400 trainer.val_check_interval=400 data.val_negatives={} evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
 scorers: $(SCORERS)
 

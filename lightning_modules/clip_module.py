@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from datamodules.dataset import Batch
+from lightning_modules.grad_surgery import GradSurgery
 from lightning_modules.losses.base import LossInputs
 from lightning_modules.metrics import hardneg_stats, mean_offdiag_cos, retrieval_recall
 from lightning_modules.model_factory import ModelSpec, load_init_weights
@@ -64,6 +65,7 @@ class ClipModule(L.LightningModule):
         max_logit_scale: float = math.log(100.0),
         run_config: dict | None = None,
         init_from: str | None = None,
+        grad_surgery: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._bad_samples = 0
@@ -82,6 +84,8 @@ class ClipModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.max_logit_scale = max_logit_scale
         self.init_from = init_from
+        # Gradient surgery between two groups of loss terms (lightning_modules/grad_surgery.py); None: plain sum.
+        self.grad_surgery = GradSurgery(**grad_surgery) if grad_surgery else None
         # Images arrive as uint8 (4x less loader traffic) and are normalised on the device, with the model's
         # mean/std: bit-for-bit what the float transform would give (tests/lightning_modules/test_clip_module.py).
         mean, std = model_spec.normalization()
@@ -167,6 +171,12 @@ class ClipModule(L.LightningModule):
         self._accumulate_diag("train", x)
         if logging:
             self._log_diag("train")
+        if self.grad_surgery is not None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            target, stats = self.grad_surgery.backward_target(terms, params)
+            if logging and stats:
+                self.log_dict({f"train/grad_{k}": v for k, v in stats.items()}, prog_bar=False, batch_size=b)
+            return target
         return total
 
     def _logging_step(self) -> bool:
@@ -316,6 +326,17 @@ class ClipModule(L.LightningModule):
         probe = self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))])
         wd = probe.defaults.get("weight_decay", 0.0)
         opt = self.optimizer_factory(params=param_groups(self.model, wd))
+        if self.grad_surgery is not None and self.grad_surgery.mode == "split":
+            from lightning_modules.optim import SplitAdamW
+
+            if not isinstance(opt, SplitAdamW):
+                raise ValueError(
+                    f"module.grad_surgery.mode=split needs optimizer=split_adamw (got {type(opt).__name__})"
+                )
+            if self.trainer.world_size > 1:
+                raise ValueError(
+                    "module.grad_surgery.mode=split runs on one device only (grad_b is not all-reduced)"
+                )
         if self.scheduler_factory is None:
             return opt
         sched = self.scheduler_factory(

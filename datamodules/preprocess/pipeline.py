@@ -364,6 +364,11 @@ class Preprocessor:
                     "provenance": r.provenance,
                     "gate_scores": r.gate_scores,
                 }
+                scene = getattr(r.image, "scene", None)
+                if (
+                    scene is not None
+                ):  # a render of the synthetic world: the renderer editor can make I'_C from it
+                    row["scene"] = scene.to_json()
                 rows[r.id] = row
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         return rows

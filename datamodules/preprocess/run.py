@@ -27,6 +27,10 @@ from datamodules.atomic import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
 
+# What the writer puts in a manifest row; part of the fingerprint, so a manifest of an older writer is rebuilt.
+# 2: rows of synthetic-world renders carry their scene graph ("scene").
+MANIFEST_FORMAT = 2
+
 # Keys that do not change what the manifest contains.
 _NON_SEMANTIC = {"out_dir", "cache_dir", "batch_size", "stage_batch_size", "device", "wait_timeout_s"}
 
@@ -62,7 +66,9 @@ def fingerprint(cfg: DictConfig) -> str:
     semantic = _strip(data)
     stats: dict = {}
     _file_stats(semantic, stats)
-    blob = json.dumps({"config": semantic, "files": stats}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"config": semantic, "files": stats, "format": MANIFEST_FORMAT}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

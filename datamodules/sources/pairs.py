@@ -37,6 +37,8 @@ class PairsSource(Source):
         lone text (instead of being skipped).
     val_fraction: without val_path, this fraction of training *images* (by a hash of the path, so every caption
         of an image lands on the same side) becomes the val split.
+    meta_keys: row fields copied into `Record.meta` when present (e.g. the scene graph that preprocessed manifests
+        of the synthetic world carry).
     """
 
     def __init__(
@@ -53,7 +55,9 @@ class PairsSource(Source):
         check_images: bool = True,
         allow_lone: bool = False,
         separator: str | None = None,
+        meta_keys: tuple[str, ...] | list[str] = (),
     ) -> None:
+        self.meta_keys = tuple(meta_keys)
         if separator is not None and len(separator) != 1:
             raise ValueError(f"separator must be one character, got {separator!r}")
         self.separator = separator
@@ -189,6 +193,7 @@ class PairsSource(Source):
                     image=None if img_path is None else str(img_path),
                     caption=None if caption is None else caption.strip(),
                     source=kind,
+                    meta={k: row[k] for k in self.meta_keys if k in row},
                 )
             )
         if skipped:

@@ -8,7 +8,8 @@ clean test split) from the raw source itself. Vocabulary and held-out-leak hints
 
 from __future__ import annotations
 
-from functools import cached_property
+from dataclasses import replace
+from functools import cache, cached_property
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -66,14 +67,31 @@ class PreprocessedSource(Source):
             test_path=path["test"],
             val_fraction=self.val_fraction if path["val"] is None else 0.0,
             check_images=True,
+            meta_keys=("scene",),
         )
 
     def records(self, split: str) -> list[Record]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
         if split in self.splits or (split == "val" and "train" in self.splits):
-            return self.pairs.records(split)
+            return self._with_scenes(split)
         return self.raw.records(split)
+
+    @cache  # noqa: B019 - one source object per run; records are immutable once made
+    def _with_scenes(self, split: str) -> list[Record]:
+        """The manifest's records; a row that carries the scene graph of its (rendered) image gets a `SceneFile`
+        image, so the renderer editor can make image negatives I'_C of preprocessed synthetic data."""
+        from datamodules.sources.synthetic import SceneFile
+        from datamodules.world.scene import Scene
+
+        out = []
+        for r in self.pairs.records(split):
+            scene = r.meta.pop("scene", None)
+            if scene is not None and isinstance(r.image, str):
+                where = f"{self.pairs.paths[split] or self.pairs.paths['train']}: record {r.id!r}: scene"
+                r = replace(r, image=SceneFile(r.image, Scene.from_json(scene, where)))
+            out.append(r)
+        return out
 
     @property
     def world(self):

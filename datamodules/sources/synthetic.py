@@ -14,7 +14,7 @@ from functools import cache
 
 from PIL import Image
 
-from datamodules.records import Record
+from datamodules.records import Record, load_image
 from datamodules.sources.base import SPLITS, Source
 from datamodules.world.claims import caption_claim, mentions_heldout, parse_claim, relation_claim
 from datamodules.world.render import render_scene
@@ -34,6 +34,23 @@ class SceneImage:
 
     def load(self) -> Image.Image:
         return render_scene(self.scene, self.size)
+
+
+@dataclass(frozen=True)
+class SceneFile:
+    """An `ImageRef` for a written render of a known scene (preprocessed manifests of the synthetic world): loads
+    the file, and carries the scene graph so the renderer editor can re-render it edited (I'_C). Its key is the
+    path, as for a plain file record."""
+
+    path: str
+    scene: Scene
+
+    @property
+    def key(self) -> str:
+        return self.path
+
+    def load(self) -> Image.Image:
+        return load_image(self.path)
 
 
 class SyntheticWorldSource(Source):

@@ -46,6 +46,33 @@ class Obj:
 class Scene:
     objects: tuple[Obj, ...]
 
+    def to_json(self) -> list[list]:
+        """JSON form: one [shape, colour, size, x, y] list per object (preprocessed manifests carry it)."""
+        return [[o.shape, o.color, o.size, o.x, o.y] for o in self.objects]
+
+    @classmethod
+    def from_json(cls, rows, where: str = "scene") -> Scene:
+        """Inverse of `to_json`; a malformed value raises ValueError naming `where` and the object."""
+        if not isinstance(rows, list):
+            raise ValueError(
+                f"{where}: expected a list of [shape, colour, size, x, y], got {type(rows).__name__}"
+            )
+        objs = []
+        for k, o in enumerate(rows):
+            ok = isinstance(o, list) and len(o) == 5
+            if ok:
+                shape, color, size, x, y = o
+                ok = (
+                    shape in SHAPES
+                    and color in COLORS
+                    and size in SIZES
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
+                )
+            if not ok:
+                raise ValueError(f"{where}: object {k} is not a valid [shape, colour, size, x, y]: {o!r}")
+            objs.append(Obj(shape, color, size, float(x), float(y)))
+        return cls(tuple(objs))
+
 
 def relation_holds(a: Obj, rel: str, b: Obj, margin: float) -> bool:
     """Spatial predicates on object centres; `margin` keeps the relation visually unambiguous."""

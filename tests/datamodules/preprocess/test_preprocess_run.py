@@ -239,3 +239,78 @@ def test_preprocessing_leaves_the_callers_rng_alone(cfg_factory, tmp_path):
     before = torch.random.get_rng_state()
     ensure_clean(cfg)
     assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_preprocessed_synthetic_manifest_keeps_scene_graphs_for_image_negatives(cfg_factory, tmp_path):
+    """Rows of synthetic-world renders carry their scene graph; the preprocessed source gives them back as
+    `SceneFile` images whose file is exactly that scene rendered, so the renderer editor can make I'_C."""
+    import random
+
+    from datamodules.negatives.editors.renderer import RendererEditor
+    from datamodules.records import load_image
+    from datamodules.sources.preprocessed import PreprocessedSource
+    from datamodules.sources.synthetic import SceneFile
+    from datamodules.world.claims import Relation, holds, parse_claim
+    from datamodules.world.render import render_scene
+    from datamodules.world.scene import OPPOSITE, Scene
+
+    cfg = pcfg(cfg_factory, tmp_path).preprocess
+    torch.manual_seed(0)
+    out = ensure_clean(cfg)
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert rows and all("scene" in r for r in rows)  # every clean pair of the synthetic world is a render
+    source = PreprocessedSource(cfg)
+    records = source.records("train")
+    assert len(records) == len(rows) and all(isinstance(r.image, SceneFile) for r in records)
+    assert all("scene" not in r.meta for r in records)
+    for r in records[:8]:
+        pixels = load_image(r.image)
+        assert list(pixels.getdata()) == list(render_scene(r.image.scene, pixels.size[0]).getdata())
+        assert r.image_key == r.image.path  # same identity as a plain file record
+    # a relation caption's position rewrite, rendered from the manifest's scene graph
+    # (random-init scorers also let mismatched pairs through: take a true one)
+    rel = next(
+        r
+        for r in records
+        if isinstance(parse_claim(r.caption), Relation)
+        and holds(parse_claim(r.caption), r.image.scene, source.world.relation_margin)
+    )
+    word = next(w for w in OPPOSITE if f" {w} " in rel.caption)
+    target = rel.caption.replace(f" {word} ", f" {OPPOSITE[word]} ")
+    edited = RendererEditor(source.world).edit(
+        load_image(rel.image), rel, rel.caption, target, random.Random(0)
+    )
+    assert edited is not None and list(edited.getdata()) != list(load_image(rel.image).getdata())
+
+    # a malformed scene in a manifest row is an error naming the file, the record and the object
+    bad = out / "train.jsonl"
+    rows[0]["scene"] = [["circle", "mauve", "small", 0.5, 0.5]]
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=rf"train\.jsonl: record '{rows[0]['id']}': scene: object 0"):
+        PreprocessedSource(cfg).records("train")
+    assert Scene.from_json(records[0].image.scene.to_json()) == records[0].image.scene
+
+
+def test_make_train_recipe_gets_relational_image_negatives_from_preprocessed_data(cfg_factory, tmp_path):
+    """`experiment=noisy_hardneg` (make train): the relational terms see re-rendered images on preprocessed data."""
+    from train import train
+
+    cfg = cfg_factory(
+        "experiment=noisy_hardneg",
+        "gate=none",  # random-init scorers would let too few pairs through for one batch
+        *SMALL[:3],
+        f"preprocess.out_dir={tmp_path / 'clean'}",
+        f"preprocess.cache_dir={tmp_path / 'cache'}",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "evaluate_after=false",
+        "run_test=false",
+        "trainer.enable_progress_bar=false",
+        tiny=False,
+    )
+    metrics = train(cfg)
+    assert metrics["train/rel_image_count"] > 0 and metrics["train/rel_text_count"] > 0
+    assert "val/img_neg_cos/compositional/position" in metrics
