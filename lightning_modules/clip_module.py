@@ -326,16 +326,17 @@ class ClipModule(L.LightningModule):
         probe = self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))])
         wd = probe.defaults.get("weight_decay", 0.0)
         opt = self.optimizer_factory(params=param_groups(self.model, wd))
-        if self.grad_surgery is not None and self.grad_surgery.mode == "split":
+        if self.grad_surgery is not None:
             from lightning_modules.optim import SplitAdamW
 
-            if not isinstance(opt, SplitAdamW):
-                raise ValueError(
-                    f"module.grad_surgery.mode=split needs optimizer=split_adamw (got {type(opt).__name__})"
-                )
             if self.trainer.world_size > 1:
                 raise ValueError(
-                    "module.grad_surgery.mode=split runs on one device only (grad_b is not all-reduced)"
+                    "module.grad_surgery runs on one device only (its per-group gradients are taken outside the "
+                    "strategy's backward; not tested under DDP/FSDP)"
+                )
+            if self.grad_surgery.mode == "split" and not isinstance(opt, SplitAdamW):
+                raise ValueError(
+                    f"module.grad_surgery.mode=split needs optimizer=split_adamw (got {type(opt).__name__})"
                 )
         if self.scheduler_factory is None:
             return opt

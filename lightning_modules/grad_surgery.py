@@ -10,11 +10,11 @@ Each group's gradient is taken separately (one backward pass per group through t
             so to first order its updates do not undo the first group's (the first group is unchanged);
   split   — no projection: the first group's gradient is the backward gradient (`p.grad`) and the second's is put
             on each parameter as `p.grad_b`, for `lightning_modules.optim.SplitAdamW` (optimizer=split_adamw), which
-            normalises each with its own Adam moments (single device).
+            normalises each with its own Adam moments.
 
-`SurgeryLoss.backward_target` returns a surrogate scalar whose gradient is the combined gradient, so Lightning's
-automatic optimisation (and DDP's gradient all-reduce, which runs on that backward) works unchanged. Costs one extra
-backward pass per step. Not for FSDP (its parameters are sharded views).
+`GradSurgery.backward_target` returns a surrogate scalar whose gradient is the combined gradient, so Lightning's
+automatic optimisation works unchanged. Costs one extra backward pass per step. One device only (the module refuses
+a multi-process strategy: the per-group gradients are taken outside the strategy's backward, untested under DDP/FSDP).
 """
 
 from __future__ import annotations
