@@ -159,6 +159,8 @@ def test_loss_options(cfg_factory, option):
     )
     if option == "list_order":  # it selects only meaning-preserving rewrites
         x.txt_neg_kind[1] = "paraphrase/list_order"
+    if option == "lexical_image":  # it selects only shape/size edits
+        x.img_neg_kind[0] = "compositional/object"
     out = loss(x)
     terms = [k for k in out if k.endswith("_loss")]
     assert terms and all(torch.isfinite(out[k]) for k in terms), out
