@@ -34,29 +34,19 @@ from lightning_modules.inference import load_checkpoint  # noqa: E402
 from lightning_modules.search import load_scorer  # noqa: E402
 
 
-def labels(scenes) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """name -> (values 0/1, mask of scenes where the label is defined)."""
-    out = {}
-    n = len(scenes)
-    every = torch.ones(n, dtype=torch.bool)
-    for c in COLORS:
-        for s in SHAPES:
-            out[f"pair/{c} {s}"] = (
-                torch.tensor(
-                    [any(o.color == c and o.shape == s for o in sc.objects) for sc in scenes]
-                ).float(),
-                every,
-            )
-    for s in SHAPES:
-        out[f"shape/{s}"] = (
-            torch.tensor([any(o.shape == s for o in sc.objects) for sc in scenes]).float(),
-            every,
-        )
-    for c in COLORS:
-        out[f"color/{c}"] = (
-            torch.tensor([any(o.color == c for o in sc.objects) for sc in scenes]).float(),
-            every,
-        )
+def labels(scenes) -> dict[str, torch.Tensor]:
+    """name -> 0/1 value per scene."""
+
+    def label(present) -> torch.Tensor:
+        return torch.tensor([any(present(o) for o in sc.objects) for sc in scenes]).float()
+
+    out = {
+        f"pair/{c} {s}": label(lambda o, c=c, s=s: o.color == c and o.shape == s)
+        for c in COLORS
+        for s in SHAPES
+    }
+    out |= {f"shape/{s}": label(lambda o, s=s: o.shape == s) for s in SHAPES}
+    out |= {f"color/{c}": label(lambda o, c=c: o.color == c) for c in COLORS}
     return out
 
 
@@ -106,9 +96,9 @@ def run(ckpt: str, n_train: int) -> dict:
     ltr, lva = labels(scenes["train"]), labels(scenes["val"])
     out: dict = {"ckpt": ckpt}
     for name in ltr:
-        (ytr, mtr), (yva, mva) = ltr[name], lva[name]
-        out[name] = probe(feats["train"][mtr], ytr[mtr], feats["val"][mva], yva[mva])
-        out[f"text_{name}"] = probe(tfeats["train"][mtr], ytr[mtr], tfeats["val"][mva], yva[mva])
+        ytr, yva = ltr[name], lva[name]
+        out[name] = probe(feats["train"], ytr, feats["val"], yva)
+        out[f"text_{name}"] = probe(tfeats["train"], ytr, tfeats["val"], yva)
     return out
 
 

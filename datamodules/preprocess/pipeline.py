@@ -364,10 +364,9 @@ class Preprocessor:
                     "provenance": r.provenance,
                     "gate_scores": r.gate_scores,
                 }
+                # a render of the synthetic world: the renderer editor can make I'_C from its scene graph
                 scene = getattr(r.image, "scene", None)
-                if (
-                    scene is not None
-                ):  # a render of the synthetic world: the renderer editor can make I'_C from it
+                if scene is not None:
                     row["scene"] = scene.to_json()
                 rows[r.id] = row
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

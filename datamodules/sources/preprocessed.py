@@ -86,10 +86,11 @@ class PreprocessedSource(Source):
 
         out = []
         for r in self.pairs.records(split):
-            scene = r.meta.pop("scene", None)
+            scene = r.meta.get("scene")
             if scene is not None and isinstance(r.image, str):
                 where = f"{self.pairs.paths[split] or self.pairs.paths['train']}: record {r.id!r}: scene"
-                r = replace(r, image=SceneFile(r.image, Scene.from_json(scene, where)))
+                meta = {k: v for k, v in r.meta.items() if k != "scene"}
+                r = replace(r, image=SceneFile(r.image, Scene.from_json(scene, where)), meta=meta)
             out.append(r)
         return out
 
