@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Train the default run and print its evaluation table: the noisy synthetic world (10% mismatched captions, 5% lone
-## images, 5% lone texts) is preprocessed (gate of trained tiny ViT + ResNet scorers, look-again repair, captioning,
-## text-to-image) into a clean manifest, then a tiny ViT CLIP trains on it with the default hard-negative recipe
-## (relational rewrites with re-rendered images + lexical rewrites; CPU). The scorers are trained first if missing
-## (`make scorers`). Other setups: make train EXPERIMENT=all ARGS="trainer.max_steps=200 seed=1"
+## images, 5% lone texts) is preprocessed (gate of the shipped tiny ViT + ResNet scorers, look-again repair,
+## captioning, text-to-image) into a clean manifest, then a tiny ViT CLIP trains on it with the default hard-negative
+## recipe (relational rewrites with re-rendered images + lexical rewrites; CPU).
+## Other setups: make train EXPERIMENT=all ARGS="trainer.max_steps=200 seed=1"
 EXPERIMENT ?= noisy_hardneg
-SCORERS := data/scorers/tiny-vit.safetensors data/scorers/tiny-rn.safetensors
+SCORERS := assets/scorers/tiny-vit.safetensors assets/scorers/tiny-rn.safetensors
 train: $(STAMP) $(SCORERS)
 	$(PY) train.py experiment=$(EXPERIMENT) $(ARGS)
 
@@ -30,18 +30,23 @@ train: $(STAMP) $(SCORERS)
 evaluate: $(STAMP)
 	$(PY) evaluate.py $(ARGS)
 
-## Gate scorers for the synthetic world: a tiny ViT and a tiny ResNet CLIP trained on clean synthetic data,
-## exported to data/scorers/{tiny-vit,tiny-rn}.safetensors (used by conf/gate/synthetic.yaml). They train on scenes
-## disjoint from the raw data they will judge (scene_offset), like a pretrained CLIP that never saw your data, with the
-## world's generic object counts (1-4) and caption mix, not the relation-dense mix of the data they judge.
+## Gate scorers for the synthetic world: a tiny ViT and a tiny ResNet CLIP trained on clean synthetic data, exported
+## compact (fp16, trained token rows only; 14 MB together) to assets/scorers/{tiny-vit,tiny-rn}.safetensors, which
+## conf/gate/synthetic.yaml reads. They are shipped, so `make train` does not train them (4.5 min on 2 CPU cores);
+## `make scorers` retrains them from scratch (training runs in data/scorers/) — do it and commit the files when the
+## world's renderer or caption grammar changes (tests/test_shipped_scorers.py checks they still fit the world). They
+## train on scenes disjoint from the raw data they will judge (scene_offset), like a pretrained CLIP that never saw
+## your data, with the world's generic object counts (1-4) and caption mix, not the relation-dense mix they judge.
 SCORER_ARGS = data.source.scene_offset=1000000 data.source.world.min_objects=1 data.source.world.caption_mix=null trainer.max_steps=400 trainer.val_check_interval=400 data.val_negatives={} evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
-scorers: $(SCORERS)
-
-$(SCORERS) &: | $(STAMP)
+scorers: | $(STAMP)
+	rm -rf data/scorers/tiny-vit-run data/scorers/tiny-rn-run
 	$(PY) train.py model=tiny_vit seed=100 $(SCORER_ARGS) hydra.run.dir=data/scorers/tiny-vit-run
-	$(PY) -m lightning_modules.export data/scorers/tiny-vit-run/checkpoints/last.ckpt data/scorers/tiny-vit.safetensors
+	$(PY) -m lightning_modules.export data/scorers/tiny-vit-run/checkpoints/last.ckpt assets/scorers/tiny-vit.safetensors --compact
 	$(PY) train.py model=tiny_rn seed=101 $(SCORER_ARGS) hydra.run.dir=data/scorers/tiny-rn-run
-	$(PY) -m lightning_modules.export data/scorers/tiny-rn-run/checkpoints/last.ckpt data/scorers/tiny-rn.safetensors
+	$(PY) -m lightning_modules.export data/scorers/tiny-rn-run/checkpoints/last.ckpt assets/scorers/tiny-rn.safetensors --compact
+
+$(SCORERS):
+	@echo "missing $@: it is shipped in the repository (git checkout assets/scorers) or rebuilt by 'make scorers'"; exit 1
 
 ## Default test run: CPU-only, offline, no slow or gpu tests.
 test: $(STAMP)

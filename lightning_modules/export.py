@@ -9,7 +9,9 @@
 Folder (any path not ending in .safetensors): `open_clip_config.json` ({"model_cfg": architecture incl. quick_gelu,
 "preprocess_cfg": size/mean/std}) + `open_clip_model.safetensors`, the layout open_clip's `local-dir:` (and
 `hf-hub:`) loader reads, so architectures open_clip does not ship (tiny-vit) load with no code. Single file: the
-state dict, with a sidecar `<out>.json` naming the architecture, its config and quick_gelu.
+state dict, with a sidecar `<out>.json` naming the architecture, its config and quick_gelu. `--compact` (single file
+only): fp16, and only the token-embedding rows training updated — small enough to ship (lightning_modules/compact.py;
+`ModelSpec(pretrained=<file>)` loads it, open_clip alone does not).
 """
 
 from __future__ import annotations
@@ -22,14 +24,25 @@ import open_clip
 from safetensors.torch import save
 
 from datamodules.atomic import atomic_write_bytes, atomic_write_text
-from lightning_modules.inference import load_checkpoint
+from lightning_modules.compact import FORMAT, compact_bytes, trained_token_rows
+from lightning_modules.inference import load_checkpoint, read_checkpoint
 from lightning_modules.model_factory import open_clip_state_dict
 
 
-def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
+def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, compact: bool = False) -> Path:
     model, spec, run_cfg = load_checkpoint(ckpt_path)
     out = Path(out_path)
-    weights = save({k: v.detach().contiguous() for k, v in open_clip_state_dict(model).items()})
+    state = open_clip_state_dict(model)
+    extra: dict = {}
+    if compact:
+        if out.suffix != ".safetensors":
+            raise ValueError(f"export --compact writes a single .safetensors file, not a folder: '{out}'")
+        ckpt = read_checkpoint(Path(ckpt_path), "ckpt_path")
+        rows = trained_token_rows(ckpt)
+        weights = compact_bytes(state, rows, {"name": spec.name})
+        extra = {"format": FORMAT, "trained_token_rows": len(rows), "global_step": ckpt.get("global_step")}
+    else:
+        weights = save({k: v.detach().contiguous() for k, v in state.items()})
     if out.suffix != ".safetensors":  # an open_clip local-dir / hf-hub folder
         model_cfg = dict(spec.config) | {"quick_gelu": spec.force_quick_gelu}
         if spec.model_kwargs.get("force_image_size"):
@@ -54,6 +67,7 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
         "quick_gelu": spec.force_quick_gelu,
         "model_cfg": spec.config,
         "source_checkpoint": str(ckpt_path),
+        **extra,
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
     return out
@@ -63,8 +77,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt_path")
     ap.add_argument("out_path", help="a folder (open_clip local-dir layout) or a .safetensors file")
+    ap.add_argument(
+        "--compact", action="store_true", help="fp16 + trained token rows only (a .safetensors file)"
+    )
     args = ap.parse_args()
-    out = export_checkpoint(args.ckpt_path, args.out_path)
+    out = export_checkpoint(args.ckpt_path, args.out_path, compact=args.compact)
     if out.suffix == ".safetensors":
         print(f"exported {out} (+ {out.with_suffix('.json')})")
     else:

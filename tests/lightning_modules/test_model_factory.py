@@ -1,3 +1,4 @@
+import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -40,3 +41,40 @@ def test_bad_model_config_fails_fast(tmp_path):
         ModelSpec(name="vit-nope")
     with pytest.raises(FileNotFoundError, match="model.pretrained: weights file not found"):
         ModelSpec(name="tiny-vit", pretrained=str(tmp_path / "missing.pt")).build()
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+def test_trimmed_text_tower_gives_the_full_towers_features_and_gradients(name):
+    from datamodules.sources.synthetic import SyntheticWorldSource
+    from datamodules.world import World
+    from lightning_modules.model_factory import TrimmedTextCLIP
+
+    torch.manual_seed(0)
+    trimmed = ModelSpec(name=name).build()
+    torch.manual_seed(0)
+    full = ModelSpec(name=name, trim_text=False).build()
+    assert type(trimmed) is TrimmedTextCLIP and type(full) is open_clip.CLIP
+    assert trimmed.state_dict().keys() == full.state_dict().keys()
+    tok = ModelSpec(name=name).tokenizer()
+    caps = [
+        r.caption
+        for r in SyntheticWorldSource(world=World(seed=0), num_train=48, num_val=0, num_test=0).records(
+            "train"
+        )
+    ]
+    caps[3] = "a red cube ! left of a blue ball"  # '!' is token 0, the padding id, inside a caption
+    text = tok(caps)
+    used = int((text != 0).any(0).nonzero().max()) + 1
+    assert used < 29, "the batch should leave columns to trim"
+    a, b = trimmed.encode_text(text), full.encode_text(text)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    for (n, p), (_, q) in zip(trimmed.named_parameters(), full.named_parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(
+                p.grad, q.grad, atol=1e-5 * float(q.grad.abs().max()) + 1e-9, rtol=0, msg=n
+            )
+    # a batch that fills the context goes through open_clip's own path
+    long = tok([" ".join(["red"] * 40)] * 2)
+    torch.testing.assert_close(trimmed.encode_text(long), full.encode_text(long))
