@@ -2,16 +2,22 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BASE_STAMP := $(VENV)/.installed-base
 STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 .PHONY: install train test test-slow test-gpu lint evaluate clean scorers
 
-$(STAMP): pyproject.toml
+# `make train` needs only the runtime dependencies; everything else (tests, sweeps, search) adds the extras.
+$(BASE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,sweep,search]'
+	$(PIP) -e .
+	touch $(BASE_STAMP)
+
+$(STAMP): $(BASE_STAMP)
+	$(PIP) -e '.[dev,sweep,search]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,11 +29,11 @@ install: $(STAMP)
 ## Other setups: make train EXPERIMENT=all ARGS="trainer.max_steps=200 seed=1"
 EXPERIMENT ?= noisy_hardneg
 SCORERS := assets/scorers/tiny-vit.safetensors assets/scorers/tiny-rn.safetensors
-train: $(STAMP) $(SCORERS)
+train: $(BASE_STAMP) $(SCORERS)
 	$(PY) train.py experiment=$(EXPERIMENT) $(ARGS)
 
 ## Evaluate a checkpoint: make evaluate ARGS="ckpt_path=logs/runs/<run>/checkpoints/last.ckpt"
-evaluate: $(STAMP)
+evaluate: $(BASE_STAMP)
 	$(PY) evaluate.py $(ARGS)
 
 ## Gate scorers for the synthetic world: a tiny ViT and a tiny ResNet CLIP trained on clean synthetic data, exported
@@ -38,7 +44,7 @@ evaluate: $(STAMP)
 ## train on scenes disjoint from the raw data they will judge (scene_offset), like a pretrained CLIP that never saw
 ## your data, with the world's generic object counts (1-4) and caption mix, not the relation-dense mix they judge.
 SCORER_ARGS = data.source.scene_offset=1000000 data.source.world.min_objects=1 data.source.world.caption_mix=null trainer.max_steps=400 trainer.val_check_interval=400 data.val_negatives={} evaluate_after=false run_test=false logger=none trainer.enable_progress_bar=false
-scorers: | $(STAMP)
+scorers: | $(BASE_STAMP)
 	rm -rf data/scorers/tiny-vit-run data/scorers/tiny-rn-run
 	$(PY) train.py model=tiny_vit seed=100 $(SCORER_ARGS) hydra.run.dir=data/scorers/tiny-vit-run
 	$(PY) -m lightning_modules.export data/scorers/tiny-vit-run/checkpoints/last.ckpt assets/scorers/tiny-vit.safetensors --compact
