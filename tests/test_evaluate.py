@@ -61,6 +61,39 @@ def test_export_loads_in_open_clip_and_scores_identically(two_checkpoints, tmp_p
         torch.testing.assert_close(theirs, v.reshape(theirs.shape))
 
 
+def test_compact_export_loads_through_modelspec_with_the_checkpoints_text_features(two_checkpoints, tmp_path):
+    from lightning_modules.compact import is_compact, token_rows
+    from lightning_modules.model_factory import ModelSpec
+
+    ckpt = two_checkpoints[0]
+    out = export_checkpoint(ckpt, tmp_path / "c.safetensors", compact=True)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert is_compact(out) and meta["format"] == "hardneg-compact-1" and meta["trained_token_rows"] > 0
+    full = tmp_path / "f.safetensors"
+    export_checkpoint(ckpt, full)
+    assert out.stat().st_size < full.stat().st_size / 5  # the token embedding is most of a tiny CLIP
+    ours_model, spec, run_cfg = load_checkpoint(ckpt)
+    loaded = ModelSpec(name="tiny-vit", pretrained=str(out)).build().eval()
+    world, _ = world_from_run_config(run_cfg)
+    from datamodules.sources.synthetic import SyntheticWorldSource
+
+    caps = [
+        r.caption
+        for r in SyntheticWorldSource(world=world, num_train=32, num_val=0, num_test=0).records("train")
+    ]
+    tokens = spec.tokenizer()(caps)
+    assert set(tokens.flatten().tolist()) - {0} <= token_rows(out)  # the debug run saw these words
+    with torch.no_grad():
+        a = ours_model.encode_text(tokens, normalize=True)
+        b = loaded.encode_text(tokens, normalize=True)
+        x = torch.randn(4, 3, spec.image_size, spec.image_size)
+        ia, ib = ours_model.encode_image(x, normalize=True), loaded.encode_image(x, normalize=True)
+    torch.testing.assert_close(b, a, atol=2e-3, rtol=0)  # fp16 storage
+    torch.testing.assert_close(ib, ia, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="not a folder"):
+        export_checkpoint(ckpt, tmp_path / "folder", compact=True)
+
+
 def test_open_clip_model_by_local_file(two_checkpoints, cfg_factory, tmp_path):
     out = export_checkpoint(two_checkpoints[1], tmp_path / "w" / "m.safetensors")
     res = evaluate(
