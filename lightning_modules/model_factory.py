@@ -165,7 +165,8 @@ class TrimmedTextCLIP(open_clip.CLIP):
     and the pooled token (the first, or the end token for argmax pooling) comes before every trimmed column. A
     synthetic-world batch needs ~24 of 32 positions, which saves ~15% of a tiny CLIP's hard-negative step on CPU
     (README "What the default run does"). Same parameters and state dict as the CLIP it replaces (set by
-    `ModelSpec.build`; `trim_text=false` keeps open_clip's class)."""
+    `ModelSpec.build`; `trim_text=false` keeps open_clip's class). The length is only computed for tokens on the CPU:
+    on an accelerator it would be a host sync every step (the GPU path stays open_clip's, with no sync)."""
 
     PAD = 0  # open_clip's SimpleTokenizer pads with 0
 
@@ -179,9 +180,11 @@ class TrimmedTextCLIP(open_clip.CLIP):
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False):
         ctx = self.positional_embedding.shape[0]
+        if text.device.type != "cpu" or text.shape[1] != ctx:
+            return super().encode_text(text, normalize=normalize)
         used = (text != self.PAD).any(0).nonzero()
         length = min(ctx, -(-(int(used.max()) + 1) // 4) * 4) if used.numel() else ctx
-        if length >= ctx or text.shape[1] != ctx:
+        if length >= ctx:
             return super().encode_text(text, normalize=normalize)
         text = text[:, :length]
         cast_dtype = self.transformer.get_cast_dtype()

@@ -78,3 +78,13 @@ def test_trimmed_text_tower_gives_the_full_towers_features_and_gradients(name):
     # a batch that fills the context goes through open_clip's own path
     long = tok([" ".join(["red"] * 40)] * 2)
     torch.testing.assert_close(trimmed.encode_text(long), full.encode_text(long))
+
+
+def test_trimmed_text_tower_computes_no_length_off_the_cpu():
+    """Off the CPU the trim length would be a host sync per step; the 'meta' device stands in for an accelerator:
+    it fails on any data-dependent op (nonzero), so this passes only if the tower skips the length there."""
+    model = ModelSpec(name="tiny-vit").build().to("meta")
+    with pytest.raises(NotImplementedError):
+        torch.zeros(2, 32, dtype=torch.long, device="meta").nonzero()
+    out = model.encode_text(torch.zeros(4, 32, dtype=torch.long, device="meta"))
+    assert out.shape == (4, 128)
