@@ -15,15 +15,19 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from datamodules.sources.synthetic import SyntheticWorldSource
 from datamodules.world import World
 from lightning_modules.model_factory import ModelSpec
 
-DENSE = {"relation": 0.6, "exists": 0.2, "count": 0.1, "negation": 0.1}
+ROOT = Path(__file__).resolve().parents[1]
+# the caption mix of data=synthetic (relation-dense), read from its config
+DENSE = dict(OmegaConf.load(ROOT / "conf" / "data" / "synthetic.yaml").source.world.caption_mix)
 
 
 def main() -> None:

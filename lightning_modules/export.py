@@ -25,19 +25,19 @@ from safetensors.torch import save
 
 from datamodules.atomic import atomic_write_bytes, atomic_write_text
 from lightning_modules.compact import FORMAT, compact_bytes, trained_token_rows
-from lightning_modules.inference import load_checkpoint, read_checkpoint
+from lightning_modules.inference import model_from_checkpoint, read_checkpoint
 from lightning_modules.model_factory import open_clip_state_dict
 
 
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, compact: bool = False) -> Path:
-    model, spec, run_cfg = load_checkpoint(ckpt_path)
     out = Path(out_path)
+    if compact and out.suffix != ".safetensors":
+        raise ValueError(f"export --compact writes a single .safetensors file, not a folder: '{out}'")
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path")  # read once: the model, and the optimizer state (compact)
+    model, spec, run_cfg = model_from_checkpoint(ckpt, ckpt_path)
     state = open_clip_state_dict(model)
     extra: dict = {}
     if compact:
-        if out.suffix != ".safetensors":
-            raise ValueError(f"export --compact writes a single .safetensors file, not a folder: '{out}'")
-        ckpt = read_checkpoint(Path(ckpt_path), "ckpt_path")
         rows = trained_token_rows(ckpt)
         weights = compact_bytes(state, rows, {"name": spec.name})
         extra = {"format": FORMAT, "trained_token_rows": len(rows), "global_step": ckpt.get("global_step")}

@@ -133,9 +133,12 @@ def spec_from_checkpoint_config(model_cfg: dict, path: str | Path = "<checkpoint
     return replace(trained, pretrained=None, cache_dir=None, quick_gelu=trained.force_quick_gelu)
 
 
-def read_checkpoint(path: Path, key: str) -> dict:
+def read_checkpoint(path: str | Path, key: str) -> dict:
     """torch.load with weights_only=True and an error that names the config key and the file (an empty, truncated
     or foreign file would otherwise surface as EOFError or torch's advice to set weights_only=False)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: checkpoint not found: '{path}'")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
@@ -151,10 +154,11 @@ def read_checkpoint(path: Path, key: str) -> dict:
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ModelSpec, dict]:
     """Rebuilds the open_clip model of a train.py checkpoint. Returns (model in eval mode, spec, run config)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path: checkpoint not found: '{path}'")
-    ckpt = read_checkpoint(path, "ckpt_path")
+    return model_from_checkpoint(read_checkpoint(path, "ckpt_path"), path)
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path) -> tuple[torch.nn.Module, ModelSpec, dict]:
+    """`load_checkpoint` on a checkpoint already read (`read_checkpoint`); `path` names it in errors."""
     run_cfg = (ckpt.get("hyper_parameters") or {}).get("run_config")
     if not run_cfg or "model" not in run_cfg:
         raise ValueError(f"ckpt_path: '{path}' has no saved run config; was it written by train.py?")

@@ -37,8 +37,9 @@ class ModelSpec:
     config_file: an extra open_clip JSON architecture to register before building (name = file stem).
     cache_dir: where pretrained tags are cached.
     model_kwargs: extra open_clip.create_model keyword arguments (e.g. force_image_size).
-    trim_text: run the text tower only up to the batch's last non-padding token (`TrimmedTextCLIP`; same features,
-        less compute) where that is exact: open_clip's own CLIP text tower with a causal mask and first/argmax pooling.
+    trim_text: on the CPU, run the text tower only up to the batch's last non-padding token (`TrimmedTextCLIP`; same
+        features, less compute) where that is exact: open_clip's own CLIP text tower with a causal mask and
+        first/argmax pooling.
     """
 
     name: str = "tiny-vit"

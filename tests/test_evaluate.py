@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datamodules.benchmarks.synthetic import SyntheticBenchmark
-from datamodules.sources.synthetic import world_from_run_config
+from datamodules.sources.synthetic import SyntheticWorldSource, world_from_run_config
 from evaluate import evaluate
 from lightning_modules.export import export_checkpoint
 from lightning_modules.inference import ClipScorer, load_checkpoint
@@ -75,8 +75,6 @@ def test_compact_export_loads_through_modelspec_with_the_checkpoints_text_featur
     ours_model, spec, run_cfg = load_checkpoint(ckpt)
     loaded = ModelSpec(name="tiny-vit", pretrained=str(out)).build().eval()
     world, _ = world_from_run_config(run_cfg)
-    from datamodules.sources.synthetic import SyntheticWorldSource
-
     caps = [
         r.caption
         for r in SyntheticWorldSource(world=world, num_train=32, num_val=0, num_test=0).records("train")

@@ -14,7 +14,7 @@ SCORERS = ROOT / "assets" / "scorers"
 NAMES = ["tiny-vit", "tiny-rn"]
 
 
-def test_compact_round_trip_keeps_trained_rows_and_zeroes_the_rest():
+def test_compact_round_trip_keeps_trained_rows_and_zeroes_the_rest(tmp_path):
     torch.manual_seed(0)
     state = {
         "token_embedding.weight": torch.randn(10, 4),
@@ -22,13 +22,10 @@ def test_compact_round_trip_keeps_trained_rows_and_zeroes_the_rest():
         "count": torch.tensor([7]),
     }
     rows = torch.tensor([1, 4, 9])
-    path = SCORERS.parent.parent / "tests" / "_compact_tmp.safetensors"
-    try:
-        path.write_bytes(compact_bytes(state, rows, {"name": "x"}))
-        assert is_compact(path) and token_rows(path) == {1, 4, 9}
-        back = load_compact(path)
-    finally:
-        path.unlink(missing_ok=True)
+    path = tmp_path / "compact.safetensors"
+    path.write_bytes(compact_bytes(state, rows, {"name": "x"}))
+    assert is_compact(path) and token_rows(path) == {1, 4, 9}
+    back = load_compact(path)
     emb = back["token_embedding.weight"]
     assert emb.dtype == torch.float32 and emb.shape == (10, 4)
     torch.testing.assert_close(emb[rows], state["token_embedding.weight"][rows].half().float())
@@ -50,7 +47,9 @@ def test_trained_rows_come_from_the_adam_second_moment():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shipped_scorer_is_compact_and_covers_the_world_vocabulary(name):
+def test_shipped_scorer_is_compact_and_covers_the_world_vocabulary(name, cfg_factory):
+    from hydra.utils import instantiate
+
     from datamodules.sources.synthetic import SyntheticWorldSource
     from datamodules.world import World
 
@@ -59,8 +58,13 @@ def test_shipped_scorer_is_compact_and_covers_the_world_vocabulary(name):
     rows = token_rows(path)
     tok = ModelSpec(name=name).tokenizer()
     used: set[int] = set()
-    dense = {"relation": 0.6, "exists": 0.2, "count": 0.1, "negation": 0.1}  # the raw world's mix (conf/raw)
-    for world in (World(seed=0, min_objects=1), World(seed=0, min_objects=2, caption_mix=dense)):
+    raw_world = instantiate(
+        cfg_factory(config_name="preprocess").preprocess.raw.world
+    )  # the world the gate judges
+    for world in (
+        World(seed=0, min_objects=1),
+        raw_world,
+    ):  # the scorers' own world (Makefile SCORER_ARGS), raw
         src = SyntheticWorldSource(world=world, num_train=1500, num_val=0, num_test=500)
         for split in ("train", "test"):  # test: held-out compositions too
             used |= set(tok([r.caption for r in src.records(split)]).flatten().tolist())
@@ -81,7 +85,7 @@ def test_shipped_scorers_separate_true_from_shuffled_pairs(cfg_factory, tmp_path
     assert cfg.preprocess.gate.scorers[0].model.pretrained == str(SCORERS / "tiny-vit.safetensors")
     raw, gate, pre = build(cfg.preprocess)
     res = calibrate(cfg.preprocess, raw, gate, tmp_path / "cal", pre)
-    # Measured 2026-11-27 on these pairs: true-accept rate 0.77 at a 5% false-accept rate (random-init scorers: 0.05). The raw
-    # world's own 10% mismatched captions count against it.
+    # Measured 2026-11-27 on these pairs: true-accept rate 0.77 at a 5% false-accept rate (random-init scorers:
+    # 0.05). The raw world's own 10% mismatched captions count against it.
     assert res["far_at_threshold"] <= 0.07
     assert res["tar_at_threshold"] >= 0.5, res
