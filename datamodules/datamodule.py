@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -64,6 +65,9 @@ class ClipDataModule(L.LightningDataModule):
         (`val/hardneg_acc/<kind>`, tower sensitivity). None = the training generators; {} = none. A fixed set here
         makes the diagnostics comparable between experiments (the baseline trains without negatives).
     image_transform / tokenizer: injected by train.py from the model spec.
+    text_trim_multiple: injected by train.py (`ModelSpec.text_trim_multiple`): the collate drops the batch's
+        trailing padding columns of the token ids (a multiple of this many kept) for a model that takes them
+        shorter; None = full context length.
     seed: base seed of per-sample RNGs.
     max_image_pixels: larger images are skipped without decoding (counted like unreadable ones).
     max_bad_fraction: training stops with an error naming the last bad records when more than this share of the
@@ -84,6 +88,7 @@ class ClipDataModule(L.LightningDataModule):
         val_negatives: dict[str, Any] | Sequence[Any] | None = None,
         image_transform: Callable | None = None,
         tokenizer: Callable | None = None,
+        text_trim_multiple: int | None = None,
         seed: int = 0,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         max_bad_fraction: float = 0.01,
@@ -113,6 +118,7 @@ class ClipDataModule(L.LightningDataModule):
         self.val_negatives = self.negatives if val_negatives is None else _bound(val_negatives, hints)
         self.image_transform = image_transform
         self.tokenizer = tokenizer
+        self.text_trim_multiple = text_trim_multiple
         self.seed = seed
         self.max_image_pixels = max_image_pixels
         self.max_bad_fraction = max_bad_fraction
@@ -254,7 +260,7 @@ class ClipDataModule(L.LightningDataModule):
             pin_memory=self._pin(),
             persistent_workers=self.persistent_workers,
             prefetch_factor=self.prefetch_factor,
-            collate_fn=collate,
+            collate_fn=partial(collate, text_trim_multiple=self.text_trim_multiple),
         )
 
     def _pin(self) -> bool:

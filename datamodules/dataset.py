@@ -102,7 +102,7 @@ class ClipDataset(Dataset):
 @dataclass
 class Batch:
     """The batch contract (ARCHITECTURE §3). Shape legend: B positives, M image negatives, N text negatives,
-    X = B + M images, Y = B + N texts, L context length.
+    X = B + M images, Y = B + N texts, L token columns (the context length, or fewer: `collate` may drop padding).
 
     images_XCHW: B positives, then the M image negatives; `img_neg_owner_M` gives each one's positive.
     texts_YL:    B positives, then the N text negatives; `txt_neg_owner_N`, `txt_neg_kind_N` (N strings).
@@ -141,8 +141,24 @@ class Batch:
         return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in _TENSOR_FIELDS})
 
 
-def collate(samples: list[dict[str, Any]]) -> Batch:
-    """Stacks dataset samples into a `Batch`: positives first, then each sample's negatives in sample order."""
+def trim_padding(tokens: torch.Tensor, multiple: int = 4, pad: int = 0) -> torch.Tensor:
+    """Token ids [n, L] without their trailing all-padding columns, keeping a multiple of `multiple` columns (at
+    most L). For host tensors (the loader's collate, `ClipScorer`): done on the CPU before the transfer, so the
+    device gets a shorter tensor and never computes a length (that would be a host sync per step)."""
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        return tokens
+    used = (tokens != pad).any(0).nonzero()
+    if not used.numel():
+        return tokens
+    length = min(tokens.shape[1], -(-(int(used.max()) + 1) // multiple) * multiple)
+    return tokens if length == tokens.shape[1] else tokens[:, :length].contiguous()
+
+
+def collate(samples: list[dict[str, Any]], text_trim_multiple: int | None = None) -> Batch:
+    """Stacks dataset samples into a `Batch`: positives first, then each sample's negatives in sample order.
+    `text_trim_multiple`: drop the trailing all-padding columns of `texts_YL` (keeping a multiple of it), for a
+    model that takes shorter token rows (`ModelSpec.text_trim_multiple`); done here, in the loader worker, so the
+    device gets the shorter tensor from pinned memory and never computes a length."""
     images = [s["image"] for s in samples]
     texts = [s["text"] for s in samples]
     img_owner, img_kind, img_pair, txt_owner, txt_kind = [], [], [], [], []
@@ -160,9 +176,10 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
             txt_kind.append(kind)
         for k, v in s.get("gen_stats", {}).items():
             stats[k] = stats.get(k, 0) + v
+    stacked = torch.stack(texts)
     return Batch(
         images_XCHW=torch.stack(images),
-        texts_YL=torch.stack(texts),
+        texts_YL=stacked if text_trim_multiple is None else trim_padding(stacked, text_trim_multiple),
         img_neg_owner_M=torch.tensor(img_owner, dtype=torch.long),
         img_neg_pair_M=torch.tensor(img_pair, dtype=torch.long),
         txt_neg_owner_N=torch.tensor(txt_owner, dtype=torch.long),

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lightning_modules.model_factory import ModelSpec, checkpoint_model_state
+from datamodules.dataset import trim_padding
+from lightning_modules.model_factory import ModelSpec, TrimmedTextCLIP, checkpoint_model_state
 
 
 class ClipScorer:
@@ -66,7 +67,10 @@ class ClipScorer:
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         out = []
         for s in range(0, len(texts), self.batch_size):
-            t = self.tokenizer(list(texts[s : s + self.batch_size])).to(self.device)
+            t = self.tokenizer(list(texts[s : s + self.batch_size]))
+            if isinstance(self.model, TrimmedTextCLIP):  # on the host: the device computes no length
+                t = trim_padding(t, TrimmedTextCLIP.MULTIPLE, TrimmedTextCLIP.PAD)
+            t = t.to(self.device)
             out.append(F.normalize(self.model.encode_text(t).float(), dim=-1).cpu())
             self._count(len(t))
         return torch.cat(out) if out else torch.empty(0)

@@ -17,6 +17,7 @@ from typing import Any
 import open_clip
 import torch
 
+from datamodules.dataset import trim_padding
 from lightning_modules.compact import is_compact, load_compact
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,10 @@ class ModelSpec:
     config_file: an extra open_clip JSON architecture to register before building (name = file stem).
     cache_dir: where pretrained tags are cached.
     model_kwargs: extra open_clip.create_model keyword arguments (e.g. force_image_size).
-    trim_text: on the CPU, run the text tower only up to the batch's last non-padding token (`TrimmedTextCLIP`; same
-        features, less compute) where that is exact: open_clip's own CLIP text tower with a causal mask and
-        first/argmax pooling.
+    trim_text: run the text tower only up to the batch's last non-padding token (`TrimmedTextCLIP`; same features,
+        less compute) where that is exact: open_clip's own CLIP text tower with a causal mask and first/argmax
+        pooling. The training loader and `ClipScorer` drop the padding columns on the host (`trim_padding`), so no
+        device ever computes the length; on the CPU the model also trims full-length tokens itself.
     """
 
     name: str = "tiny-vit"
@@ -104,6 +106,23 @@ class ModelSpec:
     def tokenizer(self):
         return open_clip.get_tokenizer(self.name)
 
+    @property
+    def text_trim_multiple(self) -> int | None:
+        """`TrimmedTextCLIP.MULTIPLE` when `build()` makes a `TrimmedTextCLIP` (the loader may then drop padding
+        columns, `trim_padding`), else None. Decided on a model built on the 'meta' device: no memory, no weights
+        read, the global RNG untouched, the same test as `build()`."""
+        if not self.trim_text:
+            return None
+        with torch.device("meta"):
+            model = open_clip.create_model(
+                self.name,
+                pretrained=None,
+                force_quick_gelu=self.force_quick_gelu,
+                device="meta",
+                **({"nonscalar_logit_scale": True} | dict(self.model_kwargs)),
+            )
+        return TrimmedTextCLIP.MULTIPLE if TrimmedTextCLIP.applies(model) else None
+
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) of the model's input normalisation (the pretrained tag's when it has its own)."""
         pp: dict = dict(self.config.get("preprocess_cfg", {}))
@@ -161,15 +180,18 @@ class Uint8Transform:
 
 
 class TrimmedTextCLIP(open_clip.CLIP):
-    """open_clip's CLIP whose text tower stops at the batch's last non-padding column (rounded up to a multiple of 4,
-    so torch.compile sees at most 8 shapes). Exact: with the causal mask a token attends only to tokens before it,
-    and the pooled token (the first, or the end token for argmax pooling) comes before every trimmed column. A
-    synthetic-world batch needs ~24 of 32 positions, which saves ~15% of a tiny CLIP's hard-negative step on CPU
-    (README "What the default run does"). Same parameters and state dict as the CLIP it replaces (set by
-    `ModelSpec.build`; `trim_text=false` keeps open_clip's class). The length is only computed for tokens on the CPU:
-    on an accelerator it would be a host sync every step (the GPU path stays open_clip's, with no sync)."""
+    """open_clip's CLIP whose text tower runs only over the columns it is given, up to its context length: the
+    training loader and `ClipScorer` drop the batch's trailing padding columns on the host (`trim_padding`, rounded
+    up to a multiple of 4, so torch.compile sees few shapes). Exact: with the causal mask a token attends only to
+    tokens before it, and the pooled token (the first, or the end token for argmax pooling) comes before every
+    dropped column. A synthetic-world batch needs ~24 of 32 positions (tiny CLIPs) or of 77 (ViT-B/32 and up), which
+    saves ~15% of a tiny CLIP's hard-negative step on CPU (README "What the default run does"). Same parameters and
+    state dict as the CLIP it replaces (set by `ModelSpec.build`; `trim_text=false` keeps open_clip's class).
+    Full-length tokens are trimmed here too, but only on the CPU: on an accelerator the length would be a host sync
+    every step; there only the given shape counts."""
 
     PAD = 0  # open_clip's SimpleTokenizer pads with 0
+    MULTIPLE = 4
 
     @staticmethod
     def applies(model: torch.nn.Module) -> bool:
@@ -181,13 +203,11 @@ class TrimmedTextCLIP(open_clip.CLIP):
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False):
         ctx = self.positional_embedding.shape[0]
-        if text.device.type != "cpu" or text.shape[1] != ctx:
+        if text.device.type == "cpu":  # no sync on the host; elsewhere the loader has trimmed already
+            text = trim_padding(text, self.MULTIPLE, self.PAD)
+        length = text.shape[1]
+        if length >= ctx:  # longer: open_clip's own error
             return super().encode_text(text, normalize=normalize)
-        used = (text != self.PAD).any(0).nonzero()
-        length = min(ctx, -(-(int(used.max()) + 1) // 4) * 4) if used.numel() else ctx
-        if length >= ctx:
-            return super().encode_text(text, normalize=normalize)
-        text = text[:, :length]
         cast_dtype = self.transformer.get_cast_dtype()
         x = self.token_embedding(text).to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])

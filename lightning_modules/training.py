@@ -62,6 +62,7 @@ def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> ClipDataModule:
         cfg.data,
         image_transform=spec.uint8_transform(train=False),  # normalised on the device by the module
         tokenizer=spec.tokenizer(),
+        text_trim_multiple=spec.text_trim_multiple,  # padding columns dropped in the workers
         negatives=_group(cfg.get("negatives")),
     )
 

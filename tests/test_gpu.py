@@ -73,6 +73,11 @@ def test_cuda_scorer_matches_cpu_scorer():
     gpu = ClipScorer(model.cuda(), spec.image_transform(), spec.tokenizer(), device="cuda")
     torch.testing.assert_close(gpu.encode_images(images), img_cpu, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(gpu.encode_texts(texts), txt_cpu, atol=1e-4, rtol=1e-3)
+    # the GPU scorer hands the model host-trimmed tokens: same features as open_clip's full-length tower on the GPU
+    full = ModelSpec(name="tiny-vit", trim_text=False).build().eval()
+    full.load_state_dict(model.state_dict())
+    untrimmed = ClipScorer(full.cuda(), spec.image_transform(), spec.tokenizer(), device="cuda")
+    torch.testing.assert_close(gpu.encode_texts(texts), untrimmed.encode_texts(texts), atol=1e-4, rtol=1e-3)
 
 
 @run_if(min_cuda_gpus=1)

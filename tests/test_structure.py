@@ -94,3 +94,26 @@ def test_training_negatives_and_the_aro_order_protocol_share_one_lexicon():
             if isinstance(t, ast.Name)
         }
         assert not assigned & lists, f"{path} redefines lexicon lists {sorted(assigned & lists)}"
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_training_batches_carry_trimmed_tokens_when_the_model_takes_them(cfg_factory, trim):
+    """With `model.trim_text` (default) the loader drops the padding columns in its workers, so a device gets the
+    shorter tensor; every caption keeps all its tokens (the end token, the argmax-pooled one, included)."""
+    from lightning_modules.model_factory import ModelSpec
+    from lightning_modules.training import build_datamodule
+
+    cfg = cfg_factory("negatives=[text_rules]", "data.num_workers=0")
+    spec = ModelSpec(name="tiny-vit", trim_text=trim)
+    dm = build_datamodule(cfg, spec)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    texts = batch.texts_YL
+    assert texts.shape[0] > batch.num_pos  # negatives included
+    full = spec.tokenizer()(["x"]).shape[1]
+    if trim:
+        assert texts.shape[1] < full and texts.shape[1] % 4 == 0
+        eot = spec.tokenizer()(["x"])[0].max()
+        assert bool((texts == eot).any(1).all()), "a caption lost its end token"
+    else:
+        assert texts.shape[1] == full

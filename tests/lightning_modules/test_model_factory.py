@@ -88,3 +88,78 @@ def test_trimmed_text_tower_computes_no_length_off_the_cpu():
         torch.zeros(2, 32, dtype=torch.long, device="meta").nonzero()
     out = model.encode_text(torch.zeros(4, 32, dtype=torch.long, device="meta"))
     assert out.shape == (4, 128)
+
+
+def test_pre_trimmed_tokens_need_no_length_on_the_device():
+    """The loader drops padding columns on the host; on an accelerator the tower then runs over the given columns
+    with no data-dependent op (the 'meta' device fails on one), on the CPU with the same features as the full
+    tower."""
+    from datamodules.dataset import trim_padding
+
+    model = ModelSpec(name="tiny-vit").build().eval()
+    full = ModelSpec(name="tiny-vit", trim_text=False).build().eval()
+    full.load_state_dict(model.state_dict())
+    text = ModelSpec(name="tiny-vit").tokenizer()(["a red cube left of a blue ball", "two small green balls"])
+    short = trim_padding(text, 4)
+    assert short.shape == (2, 12) and torch.equal(short, text[:, :12]) and short.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(short), full.encode_text(text), atol=1e-5, rtol=1e-5)
+    meta = model.to("meta")
+    assert meta.encode_text(torch.zeros(4, 12, dtype=torch.long, device="meta")).shape == (4, 128)
+
+
+def test_trim_padding_keeps_every_used_column_in_multiples():
+    from datamodules.dataset import trim_padding
+
+    t = torch.zeros(3, 32, dtype=torch.long)
+    t[0, :5] = 7
+    t[2, 9] = 1  # the last used column is 9 -> 10 columns, rounded up to 12
+    assert trim_padding(t, 4).shape == (3, 12) and torch.equal(trim_padding(t, 4), t[:, :12])
+    assert trim_padding(t, 8).shape == (3, 16)
+    t[1, 31] = 3  # a row that fills the context: nothing to drop, the same tensor back
+    assert trim_padding(t, 4) is t
+    assert trim_padding(torch.zeros(2, 32, dtype=torch.long), 4).shape == (2, 32)  # all padding: untouched
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,trims",
+    [
+        ("tiny-vit", {}, True),
+        ("tiny-rn", {}, True),
+        ("tiny-vit", {"trim_text": False}, False),
+        ("ViT-B-32", {}, True),
+        ("coca_ViT-B-32", {}, False),  # CoCa: not open_clip's CLIP class
+        ("ViT-B-16-SigLIP", {}, False),  # CustomTextCLIP, last-token pooling
+    ],
+)
+def test_text_trim_multiple_says_what_build_makes_without_building(name, kwargs, trims):
+    from lightning_modules.model_factory import TrimmedTextCLIP
+
+    spec = ModelSpec(name=name, **kwargs)
+    torch.manual_seed(0)
+    expected_next = torch.rand(2)
+    torch.manual_seed(0)
+    multiple = spec.text_trim_multiple
+    assert torch.equal(torch.rand(2), expected_next), (
+        "the meta-device build must not draw from the global RNG"
+    )
+    assert multiple == (TrimmedTextCLIP.MULTIPLE if trims else None)
+    if name.startswith("tiny"):  # the real build agrees
+        assert isinstance(spec.build(), TrimmedTextCLIP) is trims
+
+
+def test_clip_scorer_hands_the_model_trimmed_tokens_with_the_full_towers_features():
+    from lightning_modules.inference import ClipScorer
+
+    spec = ModelSpec(name="tiny-vit")
+    model = spec.build().eval()
+    full = ModelSpec(name="tiny-vit", trim_text=False).build().eval()
+    full.load_state_dict(model.state_dict())
+    seen = []
+    encode = model.encode_text
+    model.encode_text = lambda t, **kw: seen.append(t.shape[1]) or encode(t, **kw)
+    caps = ["a red cube left of a blue ball", "two small green balls", "a cube"]
+    ours = ClipScorer(model, spec.image_transform(), spec.tokenizer(), batch_size=2).encode_texts(caps)
+    ref = ClipScorer(full, spec.image_transform(), spec.tokenizer(), batch_size=2).encode_texts(caps)
+    assert seen == [12, 4]  # trimmed before the transfer, per batch
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
