@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu_checks.sh sync    # host synchronisations per training step (SyncAudit) with and without
 #                                         # hard negatives; if a copy of an earlier commit is in _old/, the
 #                                         # hard-negative loader run before/after side by side; text-tower
-#                                         # trimming: one step with/without, the hard-negative run without (~7 min)
+#                                         # trimming: one step with/without, the hard-negative run without; ops per
+#                                         # step framework vs bare (~8 min)
 #   bash benchmarks/gpu_checks.sh         # core and extra
 set -u
 DEST=${OUT:-/tmp/gpu_checks}
@@ -43,6 +44,9 @@ if [ -d _old ]; then
    step 95 $LT --name b32_hardneg_before --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90)
 fi
 step 95 $LT --name b32_hardneg_after --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
+# ops dispatched per step, framework vs bare (kernel launches the framework adds; CUDA: foreach AdamW, autocast)
+step 60 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5
+step 60 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5 --hardneg 2
 # text-tower trimming (padding columns dropped in the loader): one step side by side, then training without it
 step 60 $PY benchmarks/text_trim.py --device cuda --precision bf16-mixed --model ViT-B-32 --images 538 --captions 794 --out $RES/text_trim.jsonl
 step 95 $LT --name b32_hardneg_untrimmed --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90 model.trim_text=false

@@ -12,6 +12,11 @@ callback runs one bare step after each framework step, so drift and contention h
 step time is the interval between consecutive `on_train_batch_start` calls minus the bare step run in between.
 Both compute the loss outside autocast (fp32 logits). Medians after warm-up; prints one JSON line and appends it to
 `--out`.
+
+`--count-ops N` counts instead of timing: the aten operations each side dispatches per step (a TorchDispatchMode,
+backward and optimizer included) over N interleaved steps after warm-up. Every op is at least one kernel launch on
+a GPU, so the count is a device-independent measure of the work the framework adds; on the CPU it separates that
+from Python host time (which the count does not see).
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -165,6 +172,86 @@ class BlockInterleave(L.Callback):
             self.br.append(self.bare.block(self.block))
 
 
+class OpCount(TorchDispatchMode):
+    """Counts dispatched aten operations by name while `active`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+        self.active = True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.active:
+            name = func.overloadpacket.__name__
+            # views, detach and profiler markers launch no kernel: counted apart
+            self.counts[("meta:" if func.is_view or name in METADATA_OPS else "") + name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+METADATA_OPS = frozenset({"detach", "lift_fresh", "_record_function_enter_new", "_record_function_exit"})
+
+
+class OpInterleave(L.Callback):
+    """Framework steps [start, start + n) counted from one `on_train_batch_start` to the next (the loop's own work
+    between steps included), each followed by one counted bare step (not billed to the framework)."""
+
+    def __init__(self, bare: Bare, start: int, n: int) -> None:
+        self.bare, self.start, self.n = bare, start, n
+        self.fw_mode, self.bare_mode = OpCount(), OpCount()
+        self.snaps: list[Counter[str]] = []
+        self.bare_steps: list[Counter[str]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == self.start:
+            self.fw_mode.__enter__()
+        if self.start <= batch_idx <= self.start + self.n:
+            self.snaps.append(Counter(self.fw_mode.counts))
+        if batch_idx == self.start + self.n:
+            self.fw_mode.__exit__(None, None, None)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if not self.start <= batch_idx < self.start + self.n:
+            self.bare.step()  # warm-up: both sides' optimizer states exist before counting
+            return
+        self.fw_mode.active = False
+        before = Counter(self.bare_mode.counts)
+        with self.bare_mode:
+            self.bare.step()
+        self.bare_steps.append(self.bare_mode.counts - before)
+        self.fw_mode.active = True
+
+    def framework_steps(self) -> list[Counter[str]]:
+        return [b - a for a, b in zip(self.snaps, self.snaps[1:])]
+
+
+def op_report(counter: OpInterleave, top: int = 8) -> dict:
+    """Per step: compute ops (those that can launch a kernel) and metadata ops (views, detach, profiler marks) on
+    each side; the by-op difference of a median framework step and the bare step after it."""
+    fw, br = counter.framework_steps(), counter.bare_steps
+
+    def split(c: Counter[str]) -> tuple[int, int]:
+        meta = sum(v for k, v in c.items() if k.startswith("meta:"))
+        return sum(c.values()) - meta, meta
+
+    fw_split, br_split = [split(c) for c in fw], [split(c) for c in br]
+    compute = [c for c, _ in fw_split]
+    i = compute.index(sorted(compute)[len(compute) // 2])  # a median step, and the bare step after it
+    diff = {op: fw[i][op] - br[i][op] for op in set(fw[i]) | set(br[i])}
+    extra = sorted(((op, d) for op, d in diff.items() if d), key=lambda x: (-abs(x[1]), x[0]))[:top]
+    med = statistics.median
+    return {
+        "steps_counted": len(fw),
+        "framework_compute_ops_per_step": med(compute),
+        "framework_compute_ops_max_step": max(compute),
+        "bare_compute_ops_per_step": med(c for c, _ in br_split),
+        "compute_ops_ratio": round(med(compute) / med(c for c, _ in br_split), 4),
+        "extra_compute_ops_per_step": med(compute) - med(c for c, _ in br_split),
+        "framework_metadata_ops_per_step": med(m for _, m in fw_split),
+        "bare_metadata_ops_per_step": med(m for _, m in br_split),
+        "median_step_diff_by_op": dict(extra),
+    }
+
+
 class Repeat(torch.utils.data.IterableDataset):
     def __init__(self, batch: Batch, n: int) -> None:
         self.batch, self.n = batch, n
@@ -203,6 +290,13 @@ def main() -> None:
         "stacks) and write DIR/<model>_ops.txt (ops by self CPU time), DIR/<model>_syncs.txt (every host "
         "synchronisation with its Python stack) and DIR/<model>_trace.json.gz (chrome trace)",
     )
+    ap.add_argument(
+        "--count-ops",
+        type=int,
+        default=0,
+        metavar="N",
+        help="count dispatched aten ops per step on both sides over N steps after --warmup instead of timing",
+    )
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -221,7 +315,13 @@ def main() -> None:
     ctx = spec.config["text_cfg"].get("context_length", 77)
     batch = make_batch(args.batch, args.hardneg, size, ctx, args.device)
     bare = Bare(bare_model, batch, args.hardneg, args.precision, args.device, module.max_logit_scale)
-    timer = BlockInterleave(bare, args.block) if args.block else Interleave(bare)
+    if args.count_ops:
+        timer = OpInterleave(bare, args.warmup, args.count_ops)
+        args.steps = args.warmup + args.count_ops + 1
+    elif args.block:
+        timer = BlockInterleave(bare, args.block)
+    else:
+        timer = Interleave(bare)
     trainer = L.Trainer(
         accelerator="gpu" if args.device.startswith("cuda") else "cpu",
         devices=1,
@@ -237,15 +337,7 @@ def main() -> None:
     )
     loader = torch.utils.data.DataLoader(Repeat(batch, args.steps + 1), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
-
-    if args.block:
-        skip = -(-args.warmup // args.block)  # blocks that hold warm-up steps
-        fw, br = timer.fw[skip:], timer.br[skip:]
-    else:
-        fw = timer.framework_times()[args.warmup :]
-        br = timer.bare_in_between[args.warmup : args.warmup + len(fw)]
-    ratios = [f / b for f, b in zip(fw, br)]
-    result = {
+    common = {
         "model": args.model,
         "image_size": size,
         "batch": args.batch,
@@ -255,6 +347,22 @@ def main() -> None:
         else f"cpu ({torch.get_num_threads()} threads)",
         "precision": args.precision,
         "compile": args.compile,
+    }
+    if args.count_ops:
+        result = {"mode": "ops", **common, **op_report(timer), "torch": torch.__version__}
+        print(json.dumps(result), flush=True)
+        append_jsonl(args.out, result)
+        return
+
+    if args.block:
+        skip = -(-args.warmup // args.block)  # blocks that hold warm-up steps
+        fw, br = timer.fw[skip:], timer.br[skip:]
+    else:
+        fw = timer.framework_times()[args.warmup :]
+        br = timer.bare_in_between[args.warmup : args.warmup + len(fw)]
+    ratios = [f / b for f, b in zip(fw, br)]
+    result = {
+        **common,
         "block": args.block,
         "steps_measured": len(fw) * max(args.block, 1),
         "bare_ms_median": round(1000 * statistics.median(br), 2),

@@ -151,19 +151,17 @@ class ClipModule(L.LightningModule):
         x = self.loss_inputs(batch)
         total, terms = self.compute_loss(x)
         b = batch.num_pos
-        log = {f"train/{k}": v.detach() for k, v in terms.items()}
-        # Generator counters (cache hit/miss, generator calls, masked slots) of this rank's batch.
-        log.update({f"train/gen/{k}": float(v) for k, v in batch.gen_stats.items()})
-        log["train/loss"] = total.detach()
-        log["train/logit_scale"] = x.logit_scale.detach().float().reshape(())
-        log["train/num_txt_neg"] = float(batch.texts_YL.shape[0] - b)
-        log["train/num_img_neg"] = float(batch.images_XCHW.shape[0] - b)
-        self._bad_samples += len(batch.bad_ids)
-        log["train/bad_samples"] = float(
-            self._bad_samples
-        )  # cumulative on this rank: unreadable images replaced
+        self._bad_samples += len(batch.bad_ids)  # cumulative on this rank: unreadable images replaced
         logging = self._logging_step()
-        if logging:
+        if logging:  # the values are gathered only when logged (no per-step host work for them otherwise)
+            log = {f"train/{k}": v.detach() for k, v in terms.items()}
+            # Generator counters (cache hit/miss, generator calls, masked slots) of this rank's batch.
+            log.update({f"train/gen/{k}": float(v) for k, v in batch.gen_stats.items()})
+            log["train/loss"] = total.detach()
+            log["train/logit_scale"] = x.logit_scale.detach().float().reshape(())
+            log["train/num_txt_neg"] = float(batch.texts_YL.shape[0] - b)
+            log["train/num_img_neg"] = float(batch.images_XCHW.shape[0] - b)
+            log["train/bad_samples"] = float(self._bad_samples)
             # Nothing goes to the progress bar here: Lightning converts every progress-bar value to a Python number
             # after EVERY step (the stored tensor too, between logging steps), a host synchronisation per step
             # (SyncAudit on an H100). The bar reads `train/loss` itself when it refreshes (console.StepProgressBar).
