@@ -2,6 +2,9 @@
 
     python benchmarks/overhead.py                                   # tiny ViT, batch 64, CPU, fp32
     python benchmarks/overhead.py --model ViT-B-32 --image-size 224 --batch 256 --device cuda --precision bf16-mixed
+    python benchmarks/overhead.py --count-ops 20 --hardneg 2                  # ops per step instead of time
+    # host time alone: a micro CLIP whose compute is nearly nil
+    python benchmarks/overhead.py --config-file benchmarks/models/micro-vit.json --model micro-vit --batch 2
 
 Both sides train the same architecture from the same initial weights on the same pre-made batch (already on the
 device): encode all images in one call and all texts in one call, the contrastive loss (+ optional per-sample
@@ -264,6 +267,9 @@ class Repeat(torch.utils.data.IterableDataset):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-vit")
+    ap.add_argument(
+        "--config-file", default=None, help="an extra open_clip JSON architecture (name = file stem)"
+    )
     ap.add_argument("--image-size", type=int, default=None, help="default: the model's")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument(
@@ -300,7 +306,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    spec = ModelSpec(name=args.model)
+    spec = ModelSpec(name=args.model, config_file=args.config_file)
     size = args.image_size or spec.image_size
     module = ClipModule(
         spec,
