@@ -39,18 +39,20 @@ if [ "$PART" = sync ]; then
 A="+callbacks.sync_audit._target_=lightning_modules.sync_audit.SyncAudit +callbacks.sync_audit.start=20 +callbacks.sync_audit.steps=10"
 step 80 $LT --name audit_hardneg --skip 10 --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=32 $A +callbacks.sync_audit.out=$RES/sync_audit_hardneg.json
 step 60 $LT --name audit_plain --skip 10 --timeout 55 -- $B32 trainer.max_steps=32 $A +callbacks.sync_audit.out=$RES/sync_audit_plain.json
+step 95 $LT --name b32_hardneg_after --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
+# text-tower trimming (padding columns dropped in the loader): one step side by side, then training without it
+step 50 $PY benchmarks/text_trim.py --device cuda --precision bf16-mixed --model ViT-B-32 --images 538 --captions 794 --out $RES/text_trim.jsonl
+step 80 $LT --name b32_hardneg_untrimmed --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=70 model.trim_text=false
+# ops dispatched per step, framework vs bare (kernel launches the framework adds; CUDA: foreach AdamW, autocast)
+step 45 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5
+step 45 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5 --hardneg 2
+keep_logs
+# last (it may be cut short): the same hard-negative run on an earlier commit copied to _old/ (with a COMMIT file)
 if [ -d _old ]; then
   (cd _old && git_old=$(cat COMMIT 2>/dev/null); echo "before: $git_old" | tee -a "$RES/gpu.txt"; \
    step 95 $LT --name b32_hardneg_before --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90)
+  keep_logs
 fi
-step 95 $LT --name b32_hardneg_after --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
-# ops dispatched per step, framework vs bare (kernel launches the framework adds; CUDA: foreach AdamW, autocast)
-step 60 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5
-step 60 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5 --hardneg 2
-# text-tower trimming (padding columns dropped in the loader): one step side by side, then training without it
-step 60 $PY benchmarks/text_trim.py --device cuda --precision bf16-mixed --model ViT-B-32 --images 538 --captions 794 --out $RES/text_trim.jsonl
-step 95 $LT --name b32_hardneg_untrimmed --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90 model.trim_text=false
-keep_logs
 echo done
 exit 0
 fi
