@@ -111,8 +111,15 @@ class ModelSpec:
         """`TrimmedTextCLIP.MULTIPLE` when `build()` makes a `TrimmedTextCLIP` (the loader may then drop padding
         columns, `trim_padding`), else None. Decided on a model built on the 'meta' device: no memory, no weights
         read, the global RNG untouched, the same test as `build()`."""
-        if not self.trim_text:
-            return None
+        cfg = self.config
+        if (
+            not self.trim_text
+            or cfg.get("custom_text")
+            or self.model_kwargs.get("force_custom_text")
+            or "hf_model_name" in cfg.get("text_cfg", {})  # Hugging Face: building it reads the hub
+            or "multimodal_cfg" in cfg  # CoCa
+        ):
+            return None  # never open_clip's CLIP class
         with torch.device("meta"):
             model = open_clip.create_model(
                 self.name,

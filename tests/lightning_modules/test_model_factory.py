@@ -130,6 +130,7 @@ def test_trim_padding_keeps_every_used_column_in_multiples():
         ("ViT-B-32", {}, True),
         ("coca_ViT-B-32", {}, False),  # CoCa: not open_clip's CLIP class
         ("ViT-B-16-SigLIP", {}, False),  # CustomTextCLIP, last-token pooling
+        ("roberta-ViT-B-32", {}, False),  # Hugging Face text tower: decided without building (no hub)
     ],
 )
 def test_text_trim_multiple_says_what_build_makes_without_building(name, kwargs, trims):
