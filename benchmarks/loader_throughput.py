@@ -5,8 +5,8 @@
     python benchmarks/loader_throughput.py --name b32_hardneg -- experiment=hardneg trainer=gpu model=vit_b32 ...
 
 Each run trains with validation, test and benchmarks off and the CSV logger every 5 steps; the JSON line reports
-the medians of `train/samples_per_second` and `train/data_wait_fraction` (share of each step spent waiting for the
-next batch) after `--skip` steps of warm-up (worker start, cudnn autotune), and appends it to `--out`. The run's
+the medians of `train/samples_per_second` and `train/data_wait_fraction` (each over the steps since the previous
+logged point: samples per second of that window, and the share of it spent waiting for batches) after `--skip` steps of warm-up (worker start, cudnn autotune), and appends it to `--out`. The run's
 full output is kept in `<run-dir>/<name>/output.log` (with `+trainer.profiler=simple`: Lightning's per-hook times).
 """
 

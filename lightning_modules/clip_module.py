@@ -92,7 +92,10 @@ class ClipModule(L.LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
-        self._t_last: float | None = None
+        # Throughput window (host clock): first step start, steps started since, loader wait inside it.
+        self._win_t0: float | None = None
+        self._win_steps = 0
+        self._win_wait = 0.0
         self._t_end: float | None = None
         # Relational-binding diagnostics, summed per kind until logged: {metric prefix: {kind: [correct, cos, n]}}
         self._diag: dict[str, dict[str, dict[str, torch.Tensor]]] = {"train": {}, "val": {}, "test": {}}
@@ -248,15 +251,24 @@ class ClipModule(L.LightningModule):
             self.log_dict(out, batch_size=1)
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """Throughput over the steps since the last logging step, not one step's interval: with an asynchronous
+        device the host runs ahead of the GPU between synchronisations (a logging step synchronises), so a single
+        step's host interval says little about the device's rate, while a window of steps with one
+        synchronisation in it measures it. The data wait is the window's time between a step's end and the next
+        step's start (fetching the batch), as a share of the window."""
         now = time.perf_counter()
-        if self._t_last is not None and self._logging_step():
-            step = max(now - self._t_last, 1e-9)
-            global_batch = batch.num_pos * self.trainer.world_size
-            self.log("train/samples_per_second", global_batch / step, batch_size=1)
+        if self._win_t0 is None:
+            self._win_t0, self._win_steps, self._win_wait = now, 0, 0.0
+        else:
+            self._win_steps += 1
             if self._t_end is not None:
-                # Time between the end of the previous step and the start of this one: waiting for the loader.
-                self.log("train/data_wait_fraction", max(now - self._t_end, 0.0) / step, batch_size=1)
-        self._t_last = now
+                self._win_wait += max(now - self._t_end, 0.0)
+            if self._logging_step():
+                span = max(now - self._win_t0, 1e-9)
+                global_batch = batch.num_pos * self.trainer.world_size
+                self.log("train/samples_per_second", self._win_steps * global_batch / span, batch_size=1)
+                self.log("train/data_wait_fraction", min(self._win_wait / span, 1.0), batch_size=1)
+                self._win_t0, self._win_steps, self._win_wait = now, 0, 0.0
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():
@@ -264,7 +276,7 @@ class ClipModule(L.LightningModule):
         self._t_end = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
-        self._t_last = self._t_end = None  # validation time is not training throughput
+        self._win_t0 = self._t_end = None  # validation time is not training throughput
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

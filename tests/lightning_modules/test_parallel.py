@@ -168,3 +168,37 @@ def test_strategy_configs_build_and_reject_bad_values():
     with pytest.raises(ValueError, match="strategy.start_method"):
         ddp(start_method="thread")
     assert ddp(start_method="spawn")._start_method == "spawn"
+
+
+def test_throughput_is_measured_over_the_steps_between_logging_steps(monkeypatch):
+    """`train/samples_per_second` and `train/data_wait_fraction` cover every step since the previous logging step
+    (with an asynchronous GPU one step's host interval says little; a window with one synchronisation in it
+    measures the device's rate). Host clock scripted: steps of 1 s compute, each preceded by a 0.25 s fetch except
+    one slow fetch of 2 s; batches of 4 positives on 2 ranks; logging every 4th step."""
+    import types
+
+    import lightning_modules.clip_module as cm
+
+    module = make_module()
+    clock = {"t": 100.0}
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock["t"])
+    logged: list[tuple[int, str, float]] = []
+    step = {"i": 0}
+    monkeypatch.setattr(module, "log", lambda k, v, **kw: logged.append((step["i"], k, v)))
+    monkeypatch.setattr(module, "_logging_step", lambda: (step["i"] + 1) % 4 == 0)
+    module._trainer = types.SimpleNamespace(world_size=2)
+    batch = types.SimpleNamespace(num_pos=4)
+    for i in range(9):
+        step["i"] = i
+        clock["t"] += 2.0 if i == 5 else 0.25  # fetch
+        module.on_train_batch_start(batch, i)
+        clock["t"] += 1.0  # the step
+        module.on_train_batch_end(None, batch, i)
+    rates = {i: v for i, k, v in logged if k == "train/samples_per_second"}
+    waits = {i: v for i, k, v in logged if k == "train/data_wait_fraction"}
+    assert sorted(rates) == sorted(waits) == [3, 7]
+    # step 3: starts of steps 0..3, 3 intervals of 1.25 s; step 7: starts of 3..7, step 5's fetch took 2 s
+    assert rates[3] == pytest.approx(3 * 8 / 3.75) and waits[3] == pytest.approx(0.75 / 3.75)
+    assert rates[7] == pytest.approx(4 * 8 / 6.75) and waits[7] == pytest.approx(2.75 / 6.75)
+    module.on_validation_epoch_start()  # validation time is not counted: the window restarts
+    assert module._win_t0 is None
