@@ -48,9 +48,10 @@ step 45 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5
 step 45 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5 --hardneg 2
 keep_logs
 # last (it may be cut short): the same hard-negative run on an earlier commit copied to _old/ (with a COMMIT file)
+# (this tree's loader_throughput.py runs _old/train.py and times it with the same StepClock)
 if [ -d _old ]; then
-  (cd _old && git_old=$(cat COMMIT 2>/dev/null); echo "before: $git_old" | tee -a "$RES/gpu.txt"; \
-   step 95 $LT --name b32_hardneg_before --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90)
+  echo "before: $(cat _old/COMMIT 2>/dev/null)" | tee -a "$RES/gpu.txt"
+  step 95 $LT --root _old --name b32_hardneg_before --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
   keep_logs
 fi
 echo done

@@ -8,6 +8,9 @@ Each run trains with validation, test and benchmarks off and the CSV logger ever
 the medians of `train/samples_per_second` and `train/data_wait_fraction` (each over the steps since the previous
 logged point: samples per second of that window, and the share of it spent waiting for batches) after `--skip` steps of warm-up (worker start, cudnn autotune), and appends it to `--out`. The run's
 full output is kept in `<run-dir>/<name>/output.log` (with `+trainer.profiler=simple`: Lightning's per-hook times).
+Every run also carries `benchmarks/stepclock.py` (`clock_samples_per_second`, `clock_data_wait_fraction`: one
+window from step `--skip` to the end, measured by this script's own code), so `--root DIR` (another checkout, e.g.
+an earlier commit) is measured exactly like this one, whatever that checkout logs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -58,17 +62,41 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp/hardneg_loader"))
     ap.add_argument("--timeout", type=int, default=300)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loader_throughput.jsonl")
+    ap.add_argument(
+        "--root", type=Path, default=ROOT, help="the checkout whose train.py runs (default: this one)"
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
     run_dir = args.run_dir / args.name
-    cmd = [sys.executable, str(ROOT / "train.py"), *FIXED, *args.overrides, f"hydra.run.dir={run_dir}"]
+    clock = run_dir / "stepclock.json"
+    clock.unlink(missing_ok=True)
+    clock_cb = [
+        "+callbacks.stepclock._target_=stepclock.StepClock",
+        f"+callbacks.stepclock.out={clock}",
+        f"+callbacks.stepclock.skip={args.skip}",
+    ]
+    root = args.root.resolve()
+    cmd = [
+        sys.executable,
+        str(root / "train.py"),
+        *FIXED,
+        *clock_cb,
+        *args.overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = os.environ | {  # stepclock importable by its own name, behind the checkout's packages
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (os.environ.get("PYTHONPATH"), str(ROOT / "benchmarks")) if p
+        )
+    }
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=root, env=env)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "output.log").write_text(p.stdout + p.stderr)  # e.g. a `+trainer.profiler=simple` report
     result: dict = {
         "name": args.name,
+        "root": str(root),
         "overrides": args.overrides,
         "wall_s": round(time.perf_counter() - t0, 1),
         "log": str(run_dir / "output.log"),
@@ -77,6 +105,8 @@ def main() -> None:
         result |= {"status": "failed", "log_tail": (p.stdout + p.stderr)[-2000:]}
     else:
         result |= {"status": "ok", **medians(run_dir / "csv" / "metrics.csv", args.skip)}
+        if clock.is_file():
+            result |= json.loads(clock.read_text())
         try:
             import torch
 
