@@ -13,6 +13,9 @@
 #                                         # trimming: one step with/without, the hard-negative run without; ops per
 #                                         # step framework vs bare (~8 min)
 #   bash benchmarks/gpu_checks.sh         # core and extra
+# A before/after for `sync`: mkdir _old && git archive <commit> | tar -x -C _old && echo <commit> > _old/COMMIT
+# (untracked, so it travels to the device with the working tree; never commit it; 8345940 = before the host-sync
+# fixes). The device has no open_clip/hydra/...: see DEVELOPERS.md for the wheels to carry in .whl/.
 set -u
 DEST=${OUT:-/tmp/gpu_checks}
 RES=/tmp/gpu_checks_res/results
