@@ -97,6 +97,7 @@ class ClipModule(L.LightningModule):
         self._win_steps = 0
         self._win_wait = 0.0
         self._t_end: float | None = None
+        self._gen_totals: dict[str, int] = {}  # generator counters, cumulative on this rank
         # Relational-binding diagnostics, summed per kind until logged: {metric prefix: {kind: [correct, cos, n]}}
         self._diag: dict[str, dict[str, dict[str, torch.Tensor]]] = {"train": {}, "val": {}, "test": {}}
         self._rand_cos: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
@@ -155,11 +156,15 @@ class ClipModule(L.LightningModule):
         total, terms = self.compute_loss(x)
         b = batch.num_pos
         self._bad_samples += len(batch.bad_ids)  # cumulative on this rank: unreadable images replaced
+        for k, v in batch.gen_stats.items():  # host ints
+            self._gen_totals[k] = self._gen_totals.get(k, 0) + v
         logging = self._logging_step()
         if logging:  # the values are gathered only when logged (no per-step host work for them otherwise)
             log = {f"train/{k}": v.detach() for k, v in terms.items()}
-            # Generator counters (cache hit/miss, generator calls, masked slots) of this rank's batch.
-            log.update({f"train/gen/{k}": float(v) for k, v in batch.gen_stats.items()})
+            # Generator counters (cache hit/miss, generator calls, masked slots, ...): this rank's totals since the
+            # process started, so every batch counts whatever the logging interval (per-window counts are the
+            # differences between logged rows).
+            log.update({f"train/gen/{k}": float(v) for k, v in self._gen_totals.items()})
             log["train/loss"] = total.detach()
             log["train/logit_scale"] = x.logit_scale.detach().float().reshape(())
             log["train/num_txt_neg"] = float(batch.texts_YL.shape[0] - b)
@@ -181,19 +186,24 @@ class ClipModule(L.LightningModule):
         return total
 
     def _logging_step(self) -> bool:
-        """Whether this training step's values reach the loggers: every `trainer.log_every_n_steps` steps and the
-        last one. Step values are logged only then: each `self.log` call costs Lightning ~0.5-0.8 ms of CPU (it
-        moves its result object's state with a recursive apply), and 10 of them per step were most of the
-        framework's overhead over a bare loop (BENCHMARKS.md, "Framework overhead")."""
+        """Whether this training step's values are logged: the steps whose values Lightning writes to the loggers
+        (every `trainer.log_every_n_steps` steps, or when the trainer should stop) and the run's final step (its
+        values reach `callback_metrics`, hence metrics.json). Step values are logged only then: each `self.log`
+        call costs Lightning ~0.5-0.8 ms of CPU (it moves its result object's state with a recursive apply), and 10
+        of them per step were most of the framework's overhead over a bare loop (BENCHMARKS.md, "Framework
+        overhead"). Not the end of every epoch: Lightning would not write those values, yet the throughput and
+        diagnostic windows would restart there (and a GPU step there would synchronise outside SyncAudit's logging
+        steps)."""
         t = self._trainer
         if t is None:
             return True
         step = t.global_step + 1
-        return (
-            step % max(t.log_every_n_steps, 1) == 0
-            or (t.max_steps > 0 and step >= t.max_steps)
-            or bool(t.fit_loop.epoch_loop.batch_progress.is_last_batch)
-        )
+        if step % max(t.log_every_n_steps, 1) == 0 or t.should_stop:
+            return True
+        if t.max_steps > 0:
+            return step >= t.max_steps
+        last_epoch = t.max_epochs is not None and 0 < t.max_epochs <= t.current_epoch + 1
+        return last_epoch and bool(t.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
     # -- diagnostics ------------------------------------------------------------------------------------------
     def _accumulate_diag(self, split: str, x: LossInputs) -> None:

@@ -6,7 +6,7 @@ for every generator, whether or not it handles these cases itself:
   pixel-identical to the image is dropped (`rejected_positive`);
 - never a held-out composition: a text negative the source flags (`leak_filter`, the synthetic world's held-out
   pairs/relations) is dropped (`rejected_heldout`); an image negative paired with a dropped caption goes with it;
-- counts: `stats` (summed into the batch and logged as `train/gen/<generator>/<counter>`).
+- counts: `stats` (summed into the batch; logged as running totals, `train/gen/<generator>/<counter>`).
 Generators may also filter early with `self.leaks(text)` (then a rejected candidate never takes a slot).
 
 Source hints reach a generator through `bind(key=..., leak_filter=..., vocabulary=...)`, called by the DataModule
