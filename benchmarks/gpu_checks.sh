@@ -9,9 +9,10 @@
 #                                         # the compiled row (~9.5 min)
 #   bash benchmarks/gpu_checks.sh sync    # host synchronisations per training step (SyncAudit) with and without
 #                                         # hard negatives; if a copy of an earlier commit is in _old/, the
-#                                         # hard-negative loader run before/after side by side; text-tower
-#                                         # trimming: one step with/without, the hard-negative run without; ops per
-#                                         # step framework vs bare (~8 min)
+#                                         # hard-negative loader run before/after side by side (last); ops per
+#                                         # step framework vs bare (~6 min)
+#   bash benchmarks/gpu_checks.sh next    # START HERE next session: gpu tests, overhead per step + blocks, loader
+#                                         # runs, text trimming (~7-9 min, one call); then `sync` if time is left
 #   bash benchmarks/gpu_checks.sh         # core and extra
 # A before/after for `sync`: mkdir _old && git archive <commit> | tar -x -C _old && echo <commit> > _old/COMMIT
 # (untracked, so it travels to the device with the working tree; never commit it; 8345940 = before the host-sync
@@ -38,14 +39,28 @@ OH="$PY benchmarks/overhead.py --device cuda --precision bf16-mixed --out $RES/o
 LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
 LW="$PY benchmarks/loader_worker.py --out $RES/loader_worker.jsonl --batch-size 256"
 B32="trainer=gpu model=vit_b32 data.batch_size=256 data.num_workers=$W"
+if [ "$PART" = next ]; then
+# The next session's priorities in ONE call (~7-9 min of the 15 a session gets): the gpu tests (bf16, FSDP2,
+# checkpoint + evaluate.py, no host sync outside logging steps), the framework overhead per step and in blocks,
+# the end-to-end runs with the windowed metrics and the step clock, text trimming (one step, and the hard-negative
+# run without it). `sync` has the rest (sync audits, op counts, the _old/ before/after).
+step 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$RES/pytest_gpu.txt" 2>&1
+tail -4 "$RES/pytest_gpu.txt"
+step 50 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15
+step 50 $OH --model ViT-B-32 --batch 256 --steps 80 --warmup 20 --block 10
+step 75 $LT --name b32_plain --timeout 70 -- $B32 trainer.max_steps=130
+step 95 $LT --name b32_hardneg --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
+step 50 $PY benchmarks/text_trim.py --device cuda --precision bf16-mixed --model ViT-B-32 --images 538 --captions 794 --out $RES/text_trim.jsonl
+step 80 $LT --name b32_hardneg_untrimmed --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=70 model.trim_text=false
+keep_logs
+echo done
+exit 0
+fi
 if [ "$PART" = sync ]; then
 A="+callbacks.sync_audit._target_=lightning_modules.sync_audit.SyncAudit +callbacks.sync_audit.start=20 +callbacks.sync_audit.steps=10"
 step 80 $LT --name audit_hardneg --skip 10 --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=32 $A +callbacks.sync_audit.out=$RES/sync_audit_hardneg.json
 step 60 $LT --name audit_plain --skip 10 --timeout 55 -- $B32 trainer.max_steps=32 $A +callbacks.sync_audit.out=$RES/sync_audit_plain.json
 step 95 $LT --name b32_hardneg_after --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
-# text-tower trimming (padding columns dropped in the loader): one step side by side, then training without it
-step 50 $PY benchmarks/text_trim.py --device cuda --precision bf16-mixed --model ViT-B-32 --images 538 --captions 794 --out $RES/text_trim.jsonl
-step 80 $LT --name b32_hardneg_untrimmed --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=70 model.trim_text=false
 # ops dispatched per step, framework vs bare (kernel launches the framework adds; CUDA: foreach AdamW, autocast)
 step 45 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5
 step 45 $OH --model ViT-B-32 --batch 256 --count-ops 10 --warmup 5 --hardneg 2
