@@ -37,16 +37,29 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def read_wandb_offline(run_dir) -> dict:
+def read_wandb_offline(run_dir, wait_s: float = 30.0) -> dict:
     """Reads an offline W&B run folder back (the `run-<id>.wandb` record log: LevelDB-style blocks of protobuf
-    `Record`s): {"name", "group", "job_type", "config": {key: value}, "history": [{key: value}], "summary": {...}}."""
+    `Record`s): {"name", "group", "job_type", "config": {key: value}, "history": [{key: value}], "summary": {...}}.
+    Waits up to `wait_s` for the log's `exit` record, in case W&B's service process is still writing the last
+    records after `wandb.finish()` returns: a CI run (2026-11-27) once read a log without the final evaluation rows
+    that 5 other runs of the same test had; a late writer is the likely cause, not a proven one."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read_wandb_log(next(Path(run_dir).glob("run-*.wandb")).read_bytes())
+        if out.pop("complete") or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_wandb_log(data: bytes) -> dict:
     import json
     import struct
-    from pathlib import Path
 
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = next(Path(run_dir).glob("run-*.wandb")).read_bytes()
     assert data[:4] == b":W&B", "not a W&B record log"
 
     def records():
@@ -57,6 +70,8 @@ def read_wandb_offline(run_dir) -> dict:
                 pos += left
                 continue
             _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            if pos + 7 + length > len(data):  # a record still being written
+                return
             chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
             if kind == 0:
                 return
@@ -67,7 +82,7 @@ def read_wandb_offline(run_dir) -> dict:
     def key(item) -> str:
         return item.key or "/".join(item.nested_key)
 
-    out: dict = {"config": {}, "history": [], "summary": {}}
+    out: dict = {"config": {}, "history": [], "summary": {}, "complete": False}
     for raw in records():
         rec = pb.Record()
         rec.ParseFromString(raw)
@@ -81,6 +96,8 @@ def read_wandb_offline(run_dir) -> dict:
             out["history"].append({key(i): json.loads(i.value_json) for i in rec.history.item})
         elif kind == "summary":
             out["summary"] |= {key(i): json.loads(i.value_json) for i in rec.summary.update}
+        elif kind == "exit":
+            out["complete"] = True
     return out
 
 
