@@ -200,8 +200,8 @@ class ClipModule(L.LightningModule):
         step = t.global_step + 1
         if step % max(t.log_every_n_steps, 1) == 0 or t.should_stop:
             return True
-        if t.max_steps > 0:
-            return step >= t.max_steps
+        if t.max_steps > 0 and step >= t.max_steps:
+            return True
         last_epoch = t.max_epochs is not None and 0 < t.max_epochs <= t.current_epoch + 1
         return last_epoch and bool(t.fit_loop.epoch_loop.batch_progress.is_last_batch)
 

@@ -202,3 +202,38 @@ def test_throughput_is_measured_over_the_steps_between_logging_steps(monkeypatch
     assert rates[7] == pytest.approx(4 * 8 / 6.75) and waits[7] == pytest.approx(2.75 / 6.75)
     module.on_validation_epoch_start()  # validation time is not counted: the window restarts
     assert module._win_t0 is None
+
+
+@pytest.mark.parametrize(
+    "state,expected",
+    [
+        ({"global_step": 9}, True),  # every log_every_n_steps: Lightning writes these
+        ({"global_step": 10}, False),
+        ({"global_step": 10, "should_stop": True}, True),
+        ({"global_step": 49, "max_steps": 50, "log_every_n_steps": 7}, True),  # the run's final step
+        (
+            {"global_step": 12, "last_batch": True},
+            False,
+        ),  # an epoch end mid-run: Lightning would not write it
+        ({"global_step": 12, "last_batch": True, "max_steps": -1, "current_epoch": 2, "max_epochs": 3}, True),
+        (
+            {"global_step": 12, "last_batch": True, "max_steps": 1000, "current_epoch": 0, "max_epochs": 1},
+            True,
+        ),
+    ],
+)
+def test_logging_steps_are_the_steps_lightning_writes_and_the_final_one(state, expected):
+    import types
+
+    module = make_module()
+    progress = types.SimpleNamespace(is_last_batch=state.get("last_batch", False))
+    module._trainer = types.SimpleNamespace(
+        global_step=state["global_step"],
+        log_every_n_steps=state.get("log_every_n_steps", 10),
+        should_stop=state.get("should_stop", False),
+        max_steps=state.get("max_steps", 100),
+        max_epochs=state.get("max_epochs", -1),
+        current_epoch=state.get("current_epoch", 0),
+        fit_loop=types.SimpleNamespace(epoch_loop=types.SimpleNamespace(batch_progress=progress)),
+    )
+    assert module._logging_step() is expected
