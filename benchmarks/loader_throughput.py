@@ -6,8 +6,9 @@
 
 Each run trains with validation, test and benchmarks off and the CSV logger every 5 steps; the JSON line reports
 the medians of `train/samples_per_second` and `train/data_wait_fraction` (each over the steps since the previous
-logged point: samples per second of that window, and the share of it spent waiting for batches) after `--skip` steps of warm-up (worker start, cudnn autotune), and appends it to `--out`. The run's
-full output is kept in `<run-dir>/<name>/output.log` (with `+trainer.profiler=simple`: Lightning's per-hook times).
+logged point: samples per second of that window, and the share of it spent waiting for batches) after `--skip`
+steps of warm-up (worker start, cudnn autotune), and appends it to `--out`. The run's full output is kept in
+`<run-dir>/<name>/output.log` (with `+trainer.profiler=simple`: Lightning's per-hook times).
 Every run also carries `benchmarks/stepclock.py` (`clock_samples_per_second`, `clock_data_wait_fraction`: one
 window from step `--skip` to the end, measured by this script's own code), so `--root DIR` (another checkout, e.g.
 an earlier commit) is measured exactly like this one, whatever that checkout logs.

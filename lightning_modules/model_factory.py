@@ -84,13 +84,7 @@ class ModelSpec:
         if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
             raise FileNotFoundError(f"model.pretrained: weights file not found: '{pretrained}'")
         compact = pretrained is not None and is_compact(pretrained)
-        model = open_clip.create_model(
-            self.name,
-            pretrained=None if compact else pretrained,
-            force_quick_gelu=self.force_quick_gelu,
-            cache_dir=self.cache_dir,
-            **({"nonscalar_logit_scale": True} | dict(self.model_kwargs)),
-        )
+        model = self._create(pretrained=None if compact else pretrained)
         # A 1-element logit scale (FSDP shards along dim 0 and rejects 0-d parameters); state dicts written with
         # the 0-d scale of open_clip (and of checkpoints from before this change) still load.
         model.register_load_state_dict_pre_hook(_reshape_logit_params)
@@ -102,6 +96,17 @@ class ModelSpec:
             "built open_clip %s (pretrained=%s, quick_gelu=%s)", self.name, pretrained, self.force_quick_gelu
         )
         return model
+
+    def _create(self, pretrained: str | None, device: str = "cpu") -> torch.nn.Module:
+        """open_clip's model of this spec: the one architecture `build` and `text_trim_multiple` both see."""
+        return open_clip.create_model(
+            self.name,
+            pretrained=pretrained,
+            force_quick_gelu=self.force_quick_gelu,
+            cache_dir=self.cache_dir,
+            device=device,
+            **({"nonscalar_logit_scale": True} | dict(self.model_kwargs)),
+        )
 
     def tokenizer(self):
         return open_clip.get_tokenizer(self.name)
@@ -121,13 +126,7 @@ class ModelSpec:
         ):
             return None  # never open_clip's CLIP class
         with torch.device("meta"):
-            model = open_clip.create_model(
-                self.name,
-                pretrained=None,
-                force_quick_gelu=self.force_quick_gelu,
-                device="meta",
-                **({"nonscalar_logit_scale": True} | dict(self.model_kwargs)),
-            )
+            model = self._create(pretrained=None, device="meta")
         return TrimmedTextCLIP.MULTIPLE if TrimmedTextCLIP.applies(model) else None
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -210,7 +209,9 @@ class TrimmedTextCLIP(open_clip.CLIP):
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False):
         ctx = self.positional_embedding.shape[0]
-        if text.device.type == "cpu":  # no sync on the host; elsewhere the loader has trimmed already
+        if (
+            text.device.type == "cpu" and text.shape[1] == ctx
+        ):  # no sync on the host; shorter: trimmed already
             text = trim_padding(text, self.MULTIPLE, self.PAD)
         length = text.shape[1]
         if length >= ctx:  # longer: open_clip's own error

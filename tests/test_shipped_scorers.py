@@ -60,11 +60,9 @@ def test_shipped_scorer_is_compact_and_covers_the_world_vocabulary(name, cfg_fac
     used: set[int] = set()
     raw_world = instantiate(
         cfg_factory(config_name="preprocess").preprocess.raw.world
-    )  # the world the gate judges
-    for world in (
-        World(seed=0, min_objects=1),
-        raw_world,
-    ):  # the scorers' own world (Makefile SCORER_ARGS), raw
+    )  # what the gate judges
+    # the scorers' own world (Makefile SCORER_ARGS), then the raw one
+    for world in (World(seed=0, min_objects=1), raw_world):
         src = SyntheticWorldSource(world=world, num_train=1500, num_val=0, num_test=500)
         for split in ("train", "test"):  # test: held-out compositions too
             used |= set(tok([r.caption for r in src.records(split)]).flatten().tolist())
