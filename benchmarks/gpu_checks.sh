@@ -13,6 +13,8 @@
 #                                         # step framework vs bare (~6 min)
 #   bash benchmarks/gpu_checks.sh next    # START HERE next session: gpu tests, overhead per step + blocks, loader
 #                                         # runs, text trimming (~7-9 min, one call); then `sync` if time is left
+#   bash benchmarks/gpu_checks.sh compile # training with module.compile.enabled=true beside eager: B/32 plain
+#                                         # (eager, compiled) and hardneg (compiled; eager is in `next`) (~6 min)
 #   bash benchmarks/gpu_checks.sh         # core and extra
 # A before/after for `sync`: mkdir _old && git archive <commit> | tar -x -C _old && echo <commit> > _old/COMMIT
 # (untracked, so it travels to the device with the working tree; never commit it; 8345940 = before the host-sync
@@ -44,7 +46,7 @@ if [ "$PART" = next ]; then
 # checkpoint + evaluate.py, no host sync outside logging steps), the framework overhead per step and in blocks,
 # the end-to-end runs with the windowed metrics and the step clock, text trimming (one step, and the hard-negative
 # run without it). `sync` has the rest (sync audits, op counts, the _old/ before/after).
-step 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$RES/pytest_gpu.txt" 2>&1
+step 170 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$RES/pytest_gpu.txt" 2>&1
 tail -4 "$RES/pytest_gpu.txt"
 step 50 $OH --model ViT-B-32 --batch 256 --steps 60 --warmup 15
 step 50 $OH --model ViT-B-32 --batch 256 --steps 80 --warmup 20 --block 10
@@ -52,6 +54,16 @@ step 75 $LT --name b32_plain --timeout 70 -- $B32 trainer.max_steps=130
 step 95 $LT --name b32_hardneg --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
 step 50 $PY benchmarks/text_trim.py --device cuda --precision bf16-mixed --model ViT-B-32 --images 538 --captions 794 --out $RES/text_trim.jsonl
 step 80 $LT --name b32_hardneg_untrimmed --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=70 model.trim_text=false
+keep_logs
+echo done
+exit 0
+fi
+if [ "$PART" = compile ]; then
+# torch.compile in training (inductor; the forward compiled in place, one graph for all batch shapes): the same
+# runs with and without it on this machine, one after another; the first ~40 steps (compilation) are skipped
+step 75 $LT --name b32_plain_eager --timeout 70 -- $B32 trainer.max_steps=130
+step 130 $LT --name b32_plain_compiled --skip 50 --timeout 125 -- $B32 trainer.max_steps=150 module.compile.enabled=true
+step 140 $LT --name b32_hardneg_compiled --skip 40 --timeout 135 -- experiment=hardneg $B32 trainer.max_steps=110 module.compile.enabled=true
 keep_logs
 echo done
 exit 0

@@ -279,7 +279,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model on both sides (the framework via module.compile, as in training)",
+    )
     ap.add_argument(
         "--block",
         type=int,
@@ -313,10 +317,12 @@ def main() -> None:
         loss_terms(args.hardneg),
         partial(torch.optim.AdamW, lr=5e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6),
         None,
+        # the framework compiles as training does (module.compile: in place when fitting starts, batch dims marked
+        # dynamic); the bare loop with a plain torch.compile of its static shapes
+        compile={"enabled": args.compile},
     )
     bare_model = copy.deepcopy(module.model).to(args.device)
     if args.compile:
-        module.model = torch.compile(module.model)
         bare_model = torch.compile(bare_model)
     ctx = spec.config["text_cfg"].get("context_length", 77)
     batch = make_batch(args.batch, args.hardneg, size, ctx, args.device)

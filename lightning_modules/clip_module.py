@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from datamodules.dataset import Batch
+from lightning_modules.compilation import CompileSpec
 from lightning_modules.grad_surgery import GradSurgery
 from lightning_modules.losses.base import LossInputs
 from lightning_modules.metrics import hardneg_stats, mean_offdiag_cos, retrieval_recall
@@ -53,6 +54,7 @@ class ClipModule(L.LightningModule):
     run_config: the resolved run config (primitive dict) stored in the checkpoint so evaluate.py can rebuild.
     init_from: a train.py checkpoint or exported .safetensors to start from (weights only; e.g. hard-negative
         fine-tuning of a contrastively pretrained model). Resuming a run is a different thing (optimizer + step).
+    compile: `CompileSpec` arguments (torch.compile of the model's forward when fitting starts; None: eager).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class ClipModule(L.LightningModule):
         run_config: dict | None = None,
         init_from: str | None = None,
         grad_surgery: Mapping[str, Any] | None = None,
+        compile: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._bad_samples = 0
@@ -86,6 +89,7 @@ class ClipModule(L.LightningModule):
         self.init_from = init_from
         # Gradient surgery between two groups of loss terms (lightning_modules/grad_surgery.py); None: plain sum.
         self.grad_surgery = GradSurgery(**grad_surgery) if grad_surgery else None
+        self.compile_spec = CompileSpec(**(compile or {}))
         # Images arrive as uint8 (4x less loader traffic) and are normalised on the device, with the model's
         # mean/std: bit-for-bit what the float transform would give (tests/lightning_modules/test_clip_module.py).
         mean, std = model_spec.normalization()
@@ -107,12 +111,21 @@ class ClipModule(L.LightningModule):
         """The model is built in __init__; parallel strategies (lightning_modules.parallel) wrap or shard it in
         their own setup. (ModelParallelStrategy insists that this hook exists.)"""
 
+    def on_fit_start(self) -> None:
+        """torch.compile (`module.compile`) once the strategy has wrapped or sharded the model (in place: the same
+        parameters and state-dict keys)."""
+        self.compile_spec.apply(self.model)
+
     def encode(
-        self, images: torch.Tensor, texts: torch.Tensor
+        self, images: torch.Tensor, texts: torch.Tensor, *, counts_vary: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """L2-normalised image and text features and the exponentiated logit scale, from ONE forward call of the
-        model (what FSDP hooks: parameters outside a forward are shards)."""
-        out = self.model(images, texts)
+        model (what FSDP hooks: parameters outside a forward are shards). `counts_vary`: the batch holds hard
+        negatives, so its image/caption counts change from batch to batch (a compiled model treats them as
+        dynamic)."""
+        self.compile_spec.mark_inputs(images, texts, counts_vary=counts_vary)
+        with self.compile_spec.eager_unless(self.training):
+            out = self.model(images, texts)
         if isinstance(out, dict):
             return out["image_features"], out["text_features"], out["logit_scale"]
         return out[0], out[1], out[2]
@@ -124,8 +137,11 @@ class ClipModule(L.LightningModule):
         return images.float().div_(255).sub_(self.pixel_mean).div_(self.pixel_std)
 
     def loss_inputs(self, batch: Batch) -> LossInputs:
-        img, txt, scale = self.encode(self.normalize_images(batch.images_XCHW), batch.texts_YL)
         b = batch.num_pos
+        has_negatives = batch.images_XCHW.shape[0] > b or batch.texts_YL.shape[0] > b
+        img, txt, scale = self.encode(
+            self.normalize_images(batch.images_XCHW), batch.texts_YL, counts_vary=has_negatives
+        )
         return LossInputs(
             img_BD=img[:b],
             txt_BD=txt[:b],

@@ -209,9 +209,9 @@ class TrimmedTextCLIP(open_clip.CLIP):
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False):
         ctx = self.positional_embedding.shape[0]
-        if (
-            text.device.type == "cpu" and text.shape[1] == ctx
-        ):  # no sync on the host; shorter: trimmed already
+        # No sync on the host; shorter tokens were trimmed already; under torch.compile the data-dependent length
+        # would break the graph (the loader trims for compiled runs).
+        if text.device.type == "cpu" and text.shape[1] == ctx and not torch.compiler.is_compiling():
             text = trim_padding(text, self.MULTIPLE, self.PAD)
         length = text.shape[1]
         if length >= ctx:  # longer: open_clip's own error

@@ -173,13 +173,14 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         scorer = ClipScorer(
             model, spec.image_transform(), spec.tokenizer(), device=device, batch_size=cfg.eval_batch_size
         )
-        report = run_benchmarks(
-            scorer,
-            instantiate_benchmarks(cfg.get("benchmark")),
-            out_dir / "eval",
-            context=eval_context(run_cfg, datamodule.source),
-            model_info=(spec.name, str(ckpt)),
-        )
+        with module.compile_spec.eager_unless(training=False):  # compiled blocks run eagerly for the scorer
+            report = run_benchmarks(
+                scorer,
+                instantiate_benchmarks(cfg.get("benchmark")),
+                out_dir / "eval",
+                context=eval_context(run_cfg, datamodule.source),
+                model_info=(spec.name, str(ckpt)),
+            )
         metrics.update({f"eval/{k}": v for k, v in report["results"].items()})
         print(markdown_table(report["results"], report["chance"], report["counts"]))
         for lg in loggers:

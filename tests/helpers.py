@@ -108,3 +108,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def evaluate_like_the_run(cfg_factory, ckpt, metrics: dict, out_dir, *overrides: str) -> tuple[dict, dict]:
+    """evaluate.py on a training run's checkpoint with the benchmark sizes the training tests use; returns (the
+    scores evaluate.py gives, the `eval/*` scores the run itself printed, prefix removed) for the caller to compare."""
+    from evaluate import evaluate
+
+    eval_cfg = cfg_factory(
+        f"ckpt_path={ckpt}",
+        "benchmark.synthetic.num_items=24",
+        "benchmark.synthetic.num_winoground=12",
+        *overrides,
+        config_name="evaluate",
+    )
+    eval_cfg.paths.output_dir = str(out_dir)
+    trained = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
+    return evaluate(eval_cfg), trained

@@ -11,7 +11,7 @@ import torch
 
 from lightning_modules.inference import ClipScorer, load_checkpoint
 from lightning_modules.model_factory import ModelSpec
-from tests.helpers import run_if
+from tests.helpers import evaluate_like_the_run, run_if
 
 
 @run_if(min_cuda_gpus=1)
@@ -61,6 +61,56 @@ def test_hardneg_training_steps_do_not_synchronise_outside_logging_steps(cfg_fac
 
 
 @run_if(min_cuda_gpus=1)
+def test_compiled_bf16_training_matches_eager_without_host_syncs(cfg_factory, tmp_path):
+    """module.compile (inductor, Triton kernels) under bf16 with hard negatives: one training graph for every batch
+    shape, each step's loss within bf16 tolerance of the eager run's, and no host synchronisation outside logging
+    steps (a compiled region must not add one)."""
+    import csv
+
+    from torch._dynamo.utils import counters
+
+    from train import train
+
+    common = (
+        "trainer=gpu",
+        "experiment=hardneg",
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=100000",
+        "+trainer.limit_val_batches=0",
+        "run_test=false",
+        "evaluate_after=false",
+    )
+    losses = {}
+    for name, extra in {"eager": [], "compiled": ["module.compile.enabled=true"]}.items():
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = cfg_factory(*common, *extra)
+        cfg.paths.output_dir = str(tmp_path / name)
+        train(cfg)
+        rows = csv.DictReader((tmp_path / name / "csv" / "metrics.csv").open())
+        losses[name] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert counters["stats"]["unique_graphs"] == 1
+    assert len(losses["compiled"]) == len(losses["eager"]) == 12
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=3e-2)
+    # the compiled run again, audited: log every 5 steps, syncs counted over steps 2-9
+    out = tmp_path / "syncs.json"
+    audit = [
+        "module.compile.enabled=true",
+        "trainer.log_every_n_steps=5",
+        "+callbacks.sync_audit._target_=lightning_modules.sync_audit.SyncAudit",
+        "+callbacks.sync_audit.start=2",
+        "+callbacks.sync_audit.steps=8",
+        f"+callbacks.sync_audit.out={out}",
+    ]
+    cfg = cfg_factory(*common, *audit)
+    cfg.paths.output_dir = str(tmp_path / "audit")
+    train(cfg)
+    rep = json.loads(out.read_text())
+    assert rep["steps"] == 8 and rep["syncs_per_non_logging_step"] == 0, json.dumps(rep, indent=1)
+
+
+@run_if(min_cuda_gpus=1)
 def test_cuda_scorer_matches_cpu_scorer():
     from PIL import Image
 
@@ -84,7 +134,6 @@ def test_cuda_scorer_matches_cpu_scorer():
 def test_fsdp_bf16_training_checkpoint_and_evaluate_on_gpu(cfg_factory, tmp_path):
     """strategy=fsdp (FSDP2) on one GPU, bf16: trains, last.ckpt holds a full state dict that loads on the CPU, and
     evaluate.py on it reproduces the scores the run printed."""
-    from evaluate import evaluate
     from train import train
 
     cfg = cfg_factory(
@@ -102,16 +151,9 @@ def test_fsdp_bf16_training_checkpoint_and_evaluate_on_gpu(cfg_factory, tmp_path
     assert state["model.logit_scale"].shape == (1,) and all(type(v) is torch.Tensor for v in state.values())
     model, _, _ = load_checkpoint(ckpt)
     assert next(model.parameters()).device.type == "cpu"
-    eval_cfg = cfg_factory(
-        f"ckpt_path={ckpt}",
-        "benchmark.synthetic.num_items=24",
-        "benchmark.synthetic.num_winoground=12",
-        "device=cuda",
-        config_name="evaluate",
+    results, trained = evaluate_like_the_run(
+        cfg_factory, ckpt, metrics, tmp_path / "evaluation", "device=cuda"
     )
-    eval_cfg.paths.output_dir = str(tmp_path / "evaluation")
-    results = evaluate(eval_cfg)
-    trained = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
     assert set(trained) == set(results)
     for k, v in results.items():
         assert v == pytest.approx(trained[k], abs=1e-6), k

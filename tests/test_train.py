@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from evaluate import evaluate
 from tests.conftest import ROOT, TINY
+from tests.helpers import evaluate_like_the_run
 from train import train
 
 
@@ -41,15 +41,7 @@ def test_train_evaluate_parity(cfg_factory, tmp_path):
     assert (
         state["global_step"] == 6 and state["hyper_parameters"]["run_config"]["model"]["name"] == "tiny-vit"
     )
-    eval_cfg = cfg_factory(
-        f"ckpt_path={ckpt}",
-        "benchmark.synthetic.num_items=24",
-        "benchmark.synthetic.num_winoground=12",
-        config_name="evaluate",
-    )
-    eval_cfg.paths.output_dir = str(tmp_path / "evaluation")
-    results = evaluate(eval_cfg)
-    trained = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
+    results, trained = evaluate_like_the_run(cfg_factory, ckpt, metrics, tmp_path / "evaluation")
     assert trained and set(trained) == set(results)
     for k, v in results.items():
         assert v == pytest.approx(trained[k], abs=1e-9), k
@@ -147,21 +139,23 @@ def test_ddp_sim_trains_checkpoints_and_the_checkpoint_evaluates(cfg_factory, tm
     # Weights only: the spawning process gets rank 0's weights back, not its step or optimizer state (Lightning's
     # spawn launcher), so resume a spawned run from the periodic checkpoints its ranks write (README "Scale").
     assert "model.visual.conv1.weight" in state["state_dict"]
-    eval_cfg = cfg_factory(
-        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", *STRATEGY_RUN[-2:], config_name="evaluate"
-    )
-    eval_cfg.paths.output_dir = str(tmp_path / "evaluation")
-    results = evaluate(eval_cfg)
-    trained = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    results, trained = evaluate_like_the_run(cfg_factory, ckpt, metrics, tmp_path / "evaluation")
     assert trained and results == pytest.approx(trained, abs=1e-9)
 
 
 @pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_trains_like_ddp(tmp_path):
     """strategy=fsdp (FSDP2 over gloo, the script relaunched per rank as under torchrun) and strategy=ddp_sim on the
-    same data: the same weights after 6 steps (measured max |diff| 1.4e-7), a full state dict in last.ckpt."""
+    same data: the same weights after 6 steps (measured max |diff| 1.4e-7), a full state dict in last.ckpt. Also
+    FSDP2 with torch.compile (scope auto = each sharded block compiled by inductor): the same weights."""
     ckpts = {}
-    for name, extra in {"fsdp": ["strategy=fsdp", "trainer.devices=2"], "ddp": ["strategy=ddp_sim"]}.items():
+    runs = {
+        "fsdp": ["strategy=fsdp", "trainer.devices=2"],
+        "fsdp_compiled": ["strategy=fsdp", "trainer.devices=2", "module.compile.enabled=true"],
+        "ddp": ["strategy=ddp_sim"],
+    }
+    for name, extra in runs.items():
         out = tmp_path / name
         p, _ = _run(
             [
@@ -175,11 +169,16 @@ def test_fsdp_on_two_cpu_processes_trains_like_ddp(tmp_path):
             cwd=tmp_path,
         )
         assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        # both ranks compiled the 6 residual blocks of tiny-vit, not the whole model
+        if name == "fsdp_compiled":
+            assert (p.stdout + p.stderr).count("torch.compile: 6 module(s) (scope=blocks") == 2
         ckpts[name] = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    a, b = ckpts["fsdp"]["state_dict"], ckpts["ddp"]["state_dict"]
-    assert a.keys() == b.keys() and a["model.logit_scale"].shape == (1,)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    b = ckpts["ddp"]["state_dict"]
+    for name in ("fsdp", "fsdp_compiled"):
+        a = ckpts[name]["state_dict"]
+        assert a.keys() == b.keys() and a["model.logit_scale"].shape == (1,)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=f"{name}: {k}")
 
 
 @pytest.mark.slow
