@@ -129,6 +129,29 @@ STRATEGY_RUN = [
 ]
 
 
+def test_fused_adamw_trains_like_the_default_adamw(cfg_factory, tmp_path):
+    """optimizer.fused=true (one fused AdamW kernel; what issue #13's bare GPU loop used): the same weights after 6
+    steps as torch's default (foreach) AdamW on the same data."""
+    states = {}
+    for fused in ("null", "true"):
+        cfg = cfg_factory(*STRATEGY_RUN, f"optimizer.fused={fused}", "run_test=false", "evaluate_after=false")
+        cfg.paths.output_dir = str(tmp_path / fused)
+        train(cfg)
+        ckpt = torch.load(
+            tmp_path / fused / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+        )
+        states[fused] = ckpt
+    opt = states["true"]["optimizer_states"][0]
+    assert (
+        opt["param_groups"][0]["fused"] is True
+        and states["null"]["optimizer_states"][0]["param_groups"][0]["fused"] is None
+    )
+    a, b = states["true"]["state_dict"], states["null"]["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
 @pytest.mark.slow
 def test_ddp_sim_trains_checkpoints_and_the_checkpoint_evaluates(cfg_factory, tmp_path):
     """strategy=ddp_sim (2 CPU processes, spawn): last.ckpt holds the trained weights (it held none before the model
@@ -148,11 +171,17 @@ def test_ddp_sim_trains_checkpoints_and_the_checkpoint_evaluates(cfg_factory, tm
 def test_fsdp_on_two_cpu_processes_trains_like_ddp(tmp_path):
     """strategy=fsdp (FSDP2 over gloo, the script relaunched per rank as under torchrun) and strategy=ddp_sim on the
     same data: the same weights after 6 steps (measured max |diff| 1.4e-7), a full state dict in last.ckpt. Also
-    FSDP2 with torch.compile (scope auto = each sharded block compiled by inductor): the same weights."""
+    FSDP2 with torch.compile (scope auto = each sharded block compiled by inductor) and fused AdamW: the same
+    weights."""
     ckpts = {}
     runs = {
         "fsdp": ["strategy=fsdp", "trainer.devices=2"],
-        "fsdp_compiled": ["strategy=fsdp", "trainer.devices=2", "module.compile.enabled=true"],
+        "fsdp_compiled_fused": [
+            "strategy=fsdp",
+            "trainer.devices=2",
+            "module.compile.enabled=true",
+            "optimizer.fused=true",  # fused AdamW over FSDP2's DTensor shards
+        ],
         "ddp": ["strategy=ddp_sim"],
     }
     for name, extra in runs.items():
@@ -170,11 +199,11 @@ def test_fsdp_on_two_cpu_processes_trains_like_ddp(tmp_path):
         )
         assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
         # both ranks compiled the 6 residual blocks of tiny-vit, not the whole model
-        if name == "fsdp_compiled":
+        if name == "fsdp_compiled_fused":
             assert (p.stdout + p.stderr).count("torch.compile: 6 module(s) (scope=blocks") == 2
         ckpts[name] = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = ckpts["ddp"]["state_dict"]
-    for name in ("fsdp", "fsdp_compiled"):
+    for name in ("fsdp", "fsdp_compiled_fused"):
         a = ckpts[name]["state_dict"]
         assert a.keys() == b.keys() and a["model.logit_scale"].shape == (1,)
         for k in a:
