@@ -44,17 +44,28 @@ def _losses(run_dir) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
-    full = _train(tmp_path / "full")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(compiled, tmp_path):
+    """Also with module.compile (inductor): the resumed run compiles again and continues exactly."""
+    mode = [f"module.compile.enabled={str(compiled).lower()}"]
+    full = _train(tmp_path / "full", *mode)
     assert full.returncode == 0, full.stderr[-3000:]
     killed = _train(
-        tmp_path / "crash", "+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=21"
+        tmp_path / "crash",
+        *mode,
+        "+callbacks.kill._target_=tests.helpers.KillAtStep",
+        "+callbacks.kill.step=21",
     )
     assert killed.returncode == -9  # SIGKILL after step 21 (mid-epoch 3); last checkpoint: step 16
     ckpt = tmp_path / "crash" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    resumed = _train(tmp_path / "crash", f"ckpt_path={ckpt}")
+    resumed = _train(tmp_path / "crash", *mode, f"ckpt_path={ckpt}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for run in (
+        full,
+        resumed,
+    ):  # the compiled runs did compile (the resumed one again), the eager ones did not
+        assert ("torch.compile: 1 module(s)" in run.stdout + run.stderr) == compiled
     a, b = _losses(tmp_path / "full"), _losses(tmp_path / "crash")
     steps = sorted(k for k in a if k >= 16)
     assert steps and all(k in b for k in steps), (sorted(a), sorted(b))
