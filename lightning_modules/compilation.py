@@ -11,9 +11,9 @@ strategy has wrapped or sharded the model:
     scope=auto    blocks when the model is FSDP2-sharded, else model.
 
 Shapes: a training batch's image count (positives + image negatives), caption count and token columns (the loader
-drops padding columns, rounded to 4) change from batch to batch. With `dynamic: null` torch compiles the first shape
-statically and recompiles once with the changing dimensions symbolic; `ClipModule.encode` marks the ones that will
-change dynamic before the first call (`CompileSpec.mark_inputs`), so one graph serves all training batches.
+drops padding columns, rounded to 4) change from batch to batch. Left alone, torch compiles the first shape
+statically and recompiles once per dimension that changes; with `dynamic: null`, `ClipModule.encode` marks the ones
+that will change dynamic before the first call (`CompileSpec.mark_inputs`), so one graph serves all training batches.
 Validation and test run the eager forward (`eager_unless`).
 """
 
@@ -43,8 +43,10 @@ class CompileSpec:
     scope: auto | model | blocks (module docstring).
     mode: torch.compile mode: null/default, reduce-overhead (CUDA graphs: only with fixed shapes, i.e. no
         hard-negative generators), max-autotune, max-autotune-no-cudagraphs.
-    dynamic: null (automatic: recompile once with the dimensions that changed symbolic), true (symbolic from the
-        start), false (one graph per shape; recompiles up to torch's limit, then runs eager).
+    dynamic: null (the token columns symbolic from the start, the image/caption counts too when the batch carries
+        hard negatives: one graph; any other dimension that changes is made symbolic at its first change by torch's
+        automatic dynamic shapes), true (everything symbolic), false (one graph per shape; recompiles up to torch's
+        limit, then runs eager).
     fullgraph: true: a graph break is an error instead of a split graph.
     backend: torch.compile backend (inductor; 'eager' / 'aot_eager' to debug a compile problem).
     blocks: class names compiled one by one under scope=blocks (matched along each module's class hierarchy, so

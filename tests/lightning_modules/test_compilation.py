@@ -40,6 +40,14 @@ def test_bad_compile_settings_name_their_key(kwargs, key):
         CompileSpec(enabled=True, **kwargs)
 
 
+def test_compile_with_gradient_surgery_is_refused(cfg_factory, tmp_path):
+    """Two backward passes through one compiled forward gave wrong gradients on the second (torch 2.14 inductor,
+    symbolic shapes; README "Compilation"): the combination is refused before anything trains."""
+    with pytest.raises(ValueError, match="cannot be combined with module.grad_surgery"):
+        train(cfg_factory("experiment=hardneg_pcgrad", "module.compile.enabled=true"))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_compiles_in_place_once_with_the_same_state_dict_keys():
     model = ModelSpec(name="tiny-vit").build()
     keys = list(model.state_dict())
