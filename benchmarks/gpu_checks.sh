@@ -15,7 +15,7 @@
 #                                         # runs, text trimming (~7-9 min, one call); then `sync` if time is left
 #   bash benchmarks/gpu_checks.sh compile # training with module.compile.enabled=true beside eager: B/32 plain
 #                                         # (eager, compiled, compiled + fused AdamW) and hardneg (compiled; eager
-#                                         # is in `next`) (~7-8 min)
+#                                         # is in `next`) (~7-9 min; compiling B/32 may take 1-1.5 min a run)
 #   bash benchmarks/gpu_checks.sh         # core and extra
 # A before/after for `sync`: mkdir _old && git archive <commit> | tar -x -C _old && echo <commit> > _old/COMMIT
 # (untracked, so it travels to the device with the working tree; never commit it; 8345940 = before the host-sync
@@ -63,9 +63,9 @@ if [ "$PART" = compile ]; then
 # torch.compile in training (inductor; the forward compiled in place, one graph for all batch shapes): the same
 # runs with and without it on this machine, one after another; the first ~40 steps (compilation) are skipped
 step 75 $LT --name b32_plain_eager --timeout 70 -- $B32 trainer.max_steps=130
-step 130 $LT --name b32_plain_compiled --skip 50 --timeout 125 -- $B32 trainer.max_steps=150 module.compile.enabled=true
-step 140 $LT --name b32_hardneg_compiled --skip 40 --timeout 135 -- experiment=hardneg $B32 trainer.max_steps=110 module.compile.enabled=true
-step 110 $LT --name b32_plain_compiled_fused --skip 50 --timeout 105 -- $B32 trainer.max_steps=150 module.compile.enabled=true optimizer.fused=true
+step 170 $LT --name b32_plain_compiled --skip 40 --timeout 165 -- $B32 trainer.max_steps=130 module.compile.enabled=true
+step 170 $LT --name b32_hardneg_compiled --skip 40 --timeout 165 -- experiment=hardneg $B32 trainer.max_steps=100 module.compile.enabled=true
+step 110 $LT --name b32_plain_compiled_fused --skip 40 --timeout 105 -- $B32 trainer.max_steps=130 module.compile.enabled=true optimizer.fused=true
 keep_logs
 echo done
 exit 0
