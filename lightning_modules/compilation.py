@@ -85,7 +85,7 @@ class CompileSpec:
         per batch), the image and caption counts only when the batch carries hard negatives (`counts_vary`: their
         number changes per batch; without them the counts are the fixed batch size, and static counts make faster
         kernels: measured on the CPU, a symbolic image count cost a tiny ViT step +35%, a symbolic column count
-        +9%; BENCHMARKS.md "torch.compile"). A dimension left static that changes anyway is made dynamic by
+        +8%; BENCHMARKS.md "torch.compile"). A dimension left static that changes anyway is made dynamic by
         torch's automatic dynamic shapes at its first change."""
         if not self.enabled or self.dynamic is not None:
             return
