@@ -90,16 +90,6 @@ class ClipModule(L.LightningModule):
         # Gradient surgery between two groups of loss terms (lightning_modules/grad_surgery.py); None: plain sum.
         self.grad_surgery = GradSurgery(**grad_surgery) if grad_surgery else None
         self.compile_spec = CompileSpec(**(compile or {}))
-        if self.compile_spec.enabled and self.grad_surgery is not None:
-            # Two backward passes through one compiled forward (the first with retain_graph=True) need AOTAutograd's
-            # donated buffers off; with them off and symbolic shapes, torch 2.14's inductor backward returned wrong
-            # gradients on the second pass (tiny ViT: norm 41.9 instead of 8.3; exact with aot_eager or static
-            # shapes). Refused rather than trained on wrong gradients (README "Compilation").
-            raise ValueError(
-                "module.compile.enabled=true cannot be combined with module.grad_surgery: its second backward pass "
-                "through a compiled forward gave wrong gradients with torch's inductor (README 'Compilation'); "
-                "train gradient-surgery runs eager"
-            )
         # Images arrive as uint8 (4x less loader traffic) and are normalised on the device, with the model's
         # mean/std: bit-for-bit what the float transform would give (tests/lightning_modules/test_clip_module.py).
         mean, std = model_spec.normalization()
@@ -124,7 +114,11 @@ class ClipModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """torch.compile (`module.compile`) once the strategy has wrapped or sharded the model (in place: the same
         parameters and state-dict keys)."""
-        self.compile_spec.apply(self.model)
+        # gradient surgery: two backward passes through one compiled forward (CompileSpec.apply says what that needs)
+        self.compile_spec.apply(self.model, retains_graph=self.grad_surgery is not None)
+
+    def on_fit_end(self) -> None:
+        self.compile_spec.restore()
 
     def encode(
         self, images: torch.Tensor, texts: torch.Tensor, *, counts_vary: bool = False

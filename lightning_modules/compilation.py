@@ -69,6 +69,7 @@ class CompileSpec:
         if self.dynamic not in (None, True, False):
             raise ValueError(f"module.compile.dynamic: expected null, true or false, got {self.dynamic!r}")
         self.blocks = tuple(self.blocks)
+        self._saved: dict | None = None  # process-wide settings changed by apply(retains_graph=True)
 
     def options(self) -> dict:
         return {
@@ -107,11 +108,30 @@ class CompileSpec:
             return self.scope
         return "blocks" if is_sharded(model) else "model"
 
-    def apply(self, model: nn.Module) -> int:
+    def apply(self, model: nn.Module, *, retains_graph: bool = False) -> int:
         """Compiles `model` (or its blocks) in place; returns how many modules were compiled (0 when disabled or
-        already compiled: fitting twice does not compile twice)."""
+        already compiled: fitting twice does not compile twice).
+
+        `retains_graph`: the step runs two backward passes through one forward (`module.grad_surgery`). That needs
+        AOTAutograd's donated buffers off (torch raises otherwise), AND a backward compiled afresh: inductor's
+        FX-graph cache (on disk) and dynamo's in-memory graphs may hold the same graph's backward compiled WITH
+        donated buffers by an earlier run, and its key does not include that setting; served from there, the
+        second pass read buffers the first had overwritten (torch 2.14: gradient norm 41.9 instead of 8.3;
+        `benchmarks/compile_retain_graph.py`). So donated buffers and the FX-graph cache are turned off and
+        dynamo's graphs reset, process-wide, until `restore()` (called when fitting ends)."""
         if not self.enabled:
             return 0
+        if retains_graph:
+            import torch._functorch.config as functorch_config
+            import torch._inductor.config as inductor_config
+
+            self._saved = {
+                "donated_buffer": functorch_config.donated_buffer,
+                "fx_graph_cache": inductor_config.fx_graph_cache,
+            }
+            functorch_config.donated_buffer = False
+            inductor_config.fx_graph_cache = False
+            torch._dynamo.reset()
         scope = self.resolve_scope(model)
         if scope == "model":
             targets = [model]
@@ -135,6 +155,17 @@ class CompileSpec:
                 self.backend,
             )
         return len(todo)
+
+    def restore(self) -> None:
+        """Undoes the process-wide settings `apply(retains_graph=True)` changed."""
+        saved = self._saved
+        if saved:
+            import torch._functorch.config as functorch_config
+            import torch._inductor.config as inductor_config
+
+            functorch_config.donated_buffer = saved["donated_buffer"]
+            inductor_config.fx_graph_cache = saved["fx_graph_cache"]
+            self._saved = None
 
 
 def _matches(module: nn.Module, names: tuple[str, ...]) -> bool:

@@ -40,14 +40,6 @@ def test_bad_compile_settings_name_their_key(kwargs, key):
         CompileSpec(enabled=True, **kwargs)
 
 
-def test_compile_with_gradient_surgery_is_refused(cfg_factory, tmp_path):
-    """Two backward passes through one compiled forward gave wrong gradients on the second (torch 2.14 inductor,
-    symbolic shapes; README "Compilation"): the combination is refused before anything trains."""
-    with pytest.raises(ValueError, match="cannot be combined with module.grad_surgery"):
-        train(cfg_factory("experiment=hardneg_pcgrad", "module.compile.enabled=true"))
-    assert not (tmp_path / "checkpoints").exists()
-
-
 def test_compiles_in_place_once_with_the_same_state_dict_keys():
     model = ModelSpec(name="tiny-vit").build()
     keys = list(model.state_dict())
@@ -162,3 +154,46 @@ def test_inductor_compiled_run_trains_like_eager_and_its_checkpoint_evaluates(cf
     ckpt = tmp_path / "compiled" / "checkpoints" / "last.ckpt"
     results, trained = evaluate_like_the_run(cfg_factory, ckpt, compiled, tmp_path / "evaluation")
     assert trained and results == pytest.approx(trained, abs=1e-9)
+
+
+def _grad_stats(run_dir) -> dict[str, list[float]]:
+    rows = [r for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get("train/loss")]
+    return {k: [float(r[k]) for r in rows] for k in ("train/loss", "train/grad_cos", "train/grad_norm_b")}
+
+
+def test_compiled_gradient_surgery_takes_the_eager_gradients_after_a_compiled_run(cfg_factory, tmp_path):
+    """Gradient surgery runs two backward passes through one forward. A compiled run first (donated buffers on: it
+    leaves the backward of the same graph in inductor's cache and in dynamo's memory), then pcgrad eager and
+    compiled: the compiled run's per-group gradients (cosine, second group's norm) and losses equal the eager
+    ones. Served the cached donating backward, the second group's gradient came out wrong (torch 2.14: grad_cos
+    -0.021 instead of 0.155 at step 0; `benchmarks/compile_retain_graph.py`)."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    before = (functorch_config.donated_buffer, inductor_config.fx_graph_cache)
+    warm = cfg_factory(
+        "experiment=hardneg",
+        "trainer.max_steps=2",
+        "run_test=false",
+        "evaluate_after=false",
+        "module.compile.enabled=true",
+    )
+    warm.paths.output_dir = str(tmp_path / "warm")
+    train(warm)
+    common = (
+        "experiment=hardneg_pcgrad",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        "run_test=false",
+        "evaluate_after=false",
+    )
+    stats = {}
+    for name, extra in {"eager": [], "compiled": ["module.compile.enabled=true"]}.items():
+        cfg = cfg_factory(*common, *extra)
+        cfg.paths.output_dir = str(tmp_path / name)
+        train(cfg)
+        stats[name] = _grad_stats(tmp_path / name)
+    for key, eager in stats["eager"].items():
+        assert len(eager) == 4 and stats["compiled"][key] == pytest.approx(eager, rel=1e-4, abs=1e-5), key
+    # the process-wide settings are back once fitting ended
+    assert (functorch_config.donated_buffer, inductor_config.fx_graph_cache) == before
