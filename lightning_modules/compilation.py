@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 SCOPES = ("auto", "model", "blocks")
 MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# The units `scope=blocks` compiles: the FSDP2 units (open_clip's transformer blocks and ResNet bottlenecks).
-DEFAULT_BLOCKS = DEFAULT_SHARD_MODULES
 
 
 @dataclass
@@ -59,7 +57,8 @@ class CompileSpec:
     dynamic: bool | None = None
     fullgraph: bool = False
     backend: str = "inductor"
-    blocks: tuple[str, ...] = field(default=DEFAULT_BLOCKS)
+    # by default what scope=blocks compiles are the FSDP2 units (open_clip's transformer blocks, ResNet bottlenecks)
+    blocks: tuple[str, ...] = field(default=DEFAULT_SHARD_MODULES)
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -69,7 +68,8 @@ class CompileSpec:
         if self.dynamic not in (None, True, False):
             raise ValueError(f"module.compile.dynamic: expected null, true or false, got {self.dynamic!r}")
         self.blocks = tuple(self.blocks)
-        self._saved: dict | None = None  # process-wide settings changed by apply(retains_graph=True)
+        # torch's process-wide settings patched by apply(retains_graph=True), undone by restore()
+        self._patched = contextlib.ExitStack()
 
     def options(self) -> dict:
         return {
@@ -125,12 +125,8 @@ class CompileSpec:
             import torch._functorch.config as functorch_config
             import torch._inductor.config as inductor_config
 
-            self._saved = {
-                "donated_buffer": functorch_config.donated_buffer,
-                "fx_graph_cache": inductor_config.fx_graph_cache,
-            }
-            functorch_config.donated_buffer = False
-            inductor_config.fx_graph_cache = False
+            self._patched.enter_context(functorch_config.patch(donated_buffer=False))
+            self._patched.enter_context(inductor_config.patch(fx_graph_cache=False))
             torch._dynamo.reset()
         scope = self.resolve_scope(model)
         if scope == "model":
@@ -158,14 +154,7 @@ class CompileSpec:
 
     def restore(self) -> None:
         """Undoes the process-wide settings `apply(retains_graph=True)` changed."""
-        saved = self._saved
-        if saved:
-            import torch._functorch.config as functorch_config
-            import torch._inductor.config as inductor_config
-
-            functorch_config.donated_buffer = saved["donated_buffer"]
-            inductor_config.fx_graph_cache = saved["fx_graph_cache"]
-            self._saved = None
+        self._patched.close()
 
 
 def _matches(module: nn.Module, names: tuple[str, ...]) -> bool:

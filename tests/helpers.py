@@ -125,3 +125,31 @@ def evaluate_like_the_run(cfg_factory, ckpt, metrics: dict, out_dir, *overrides:
     eval_cfg.paths.output_dir = str(out_dir)
     trained = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
     return evaluate(eval_cfg), trained
+
+
+def train_rows(run_dir) -> list[dict[str, str]]:
+    """The rows of a run's CSV log (`logger=csv`) that carry a training step's values (`train/loss`)."""
+    import csv
+    from pathlib import Path
+
+    with (Path(run_dir) / "csv" / "metrics.csv").open() as f:
+        return [r for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def train_series(run_dir, *keys: str) -> dict[str, list[float]]:
+    """Per-step values of `keys` from a run's CSV log, in step order."""
+    rows = train_rows(run_dir)
+    return {k: [float(r[k]) for r in rows] for k in keys}
+
+
+def train_eager_and_compiled(cfg_factory, out_dir, *overrides: str) -> dict[str, tuple[dict, object]]:
+    """train.py on the same overrides without and with `module.compile.enabled=true`, in out_dir/eager and
+    out_dir/compiled; returns {"eager" | "compiled": (the run's metrics, its run dir)}."""
+    from train import train
+
+    runs = {}
+    for name, extra in {"eager": [], "compiled": ["module.compile.enabled=true"]}.items():
+        cfg = cfg_factory(*overrides, *extra)
+        cfg.paths.output_dir = str(out_dir / name)
+        runs[name] = (train(cfg), out_dir / name)
+    return runs

@@ -11,7 +11,7 @@ import torch
 
 from lightning_modules.inference import ClipScorer, load_checkpoint
 from lightning_modules.model_factory import ModelSpec
-from tests.helpers import evaluate_like_the_run, run_if
+from tests.helpers import evaluate_like_the_run, run_if, train_eager_and_compiled, train_series
 
 
 @run_if(min_cuda_gpus=1)
@@ -65,8 +65,6 @@ def test_compiled_bf16_training_matches_eager_without_host_syncs(cfg_factory, tm
     """module.compile (inductor, Triton kernels) under bf16 with hard negatives: one training graph for every batch
     shape, each step's loss within bf16 tolerance of the eager run's, and no host synchronisation outside logging
     steps (a compiled region must not add one)."""
-    import csv
-
     from torch._dynamo.utils import counters
 
     from train import train
@@ -81,16 +79,11 @@ def test_compiled_bf16_training_matches_eager_without_host_syncs(cfg_factory, tm
         "run_test=false",
         "evaluate_after=false",
     )
-    losses = {}
-    for name, extra in {"eager": [], "compiled": ["module.compile.enabled=true"]}.items():
-        torch._dynamo.reset()
-        counters.clear()
-        cfg = cfg_factory(*common, *extra)
-        cfg.paths.output_dir = str(tmp_path / name)
-        train(cfg)
-        rows = csv.DictReader((tmp_path / name / "csv" / "metrics.csv").open())
-        losses[name] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+    counters.clear()
+    runs = train_eager_and_compiled(cfg_factory, tmp_path, *common)
+    losses = {name: train_series(run_dir, "train/loss")["train/loss"] for name, (_, run_dir) in runs.items()}
+    assert counters["stats"]["unique_graphs"] == 1  # the compiled run's (the eager run compiles nothing)
     assert len(losses["compiled"]) == len(losses["eager"]) == 12
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=3e-2)
     # the compiled run again, audited: log every 5 steps, syncs counted over steps 2-9

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY
-from tests.helpers import evaluate_like_the_run
+from tests.helpers import evaluate_like_the_run, train_rows
 from train import train
 
 
@@ -258,8 +258,6 @@ def test_experiment_on_real_jsonl_source(cfg_factory, pairs_manifest):
 def test_two_epochs_second_makes_no_generator_calls(cfg_factory, tiny_llm_dir, tmp_path):
     """End to end: the LLM rewriter fills its cache online in epoch 1; epoch 2 only reads it. Logged every 3 steps
     (2 batches per epoch): the counters are totals, so a batch between logged rows is not lost."""
-    import csv
-
     cfg = cfg_factory(
         "negatives=[llm_rewriter]",
         f"negatives.llm_rewriter.model={tiny_llm_dir}",
@@ -276,7 +274,7 @@ def test_two_epochs_second_makes_no_generator_calls(cfg_factory, tiny_llm_dir, t
         "run_test=false",
     )
     train(cfg)
-    rows = [r for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open()) if r.get("train/loss")]
+    rows = train_rows(tmp_path)
     # the one written row: step 3 = both batches of epoch 1 (64 generated) + the first of epoch 2 (32 cache hits)
     assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(2, 1)], rows
     row = rows[0]

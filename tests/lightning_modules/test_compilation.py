@@ -3,7 +3,6 @@ evaluation, and a compiled run that trains like the eager one and whose checkpoi
 
 from __future__ import annotations
 
-import csv
 from functools import partial
 
 import pytest
@@ -15,7 +14,7 @@ from lightning_modules.compilation import CompileSpec, compiled_modules
 from lightning_modules.losses.base import LossSum
 from lightning_modules.losses.contrastive import ContrastiveLoss
 from lightning_modules.model_factory import ModelSpec
-from tests.helpers import evaluate_like_the_run
+from tests.helpers import evaluate_like_the_run, train_eager_and_compiled, train_series
 from train import train
 
 
@@ -121,11 +120,6 @@ def test_static_shapes_compile_a_graph_per_shape():
     assert counters["stats"]["unique_graphs"] == len(SHAPES)
 
 
-def _losses(run_dir) -> list[float]:
-    rows = csv.DictReader((run_dir / "csv" / "metrics.csv").open())
-    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-
-
 def test_inductor_compiled_run_trains_like_eager_and_its_checkpoint_evaluates(cfg_factory, tmp_path):
     """A real inductor compile (C++ kernels on the CPU) of a hard-negative run: every step's loss equal to the eager
     run's (fp32; measured max relative difference ~1e-7), and evaluate.py on the compiled run's checkpoint gives
@@ -136,29 +130,21 @@ def test_inductor_compiled_run_trains_like_eager_and_its_checkpoint_evaluates(cf
         "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=3",
     )
-    runs = {}
-    for name, extra in {"eager": [], "compiled": ["module.compile.enabled=true"]}.items():
-        cfg = cfg_factory(*common, *extra)
-        cfg.paths.output_dir = str(tmp_path / name)
-        runs[name] = (train(cfg), _losses(tmp_path / name))
+    (eager, eager_dir), (compiled, compiled_dir) = train_eager_and_compiled(
+        cfg_factory, tmp_path, *common
+    ).values()
     # the compiled run: one training graph (test and evaluation run eager)
     assert counters["stats"]["unique_graphs"] == 1
-    (eager, eager_losses), (compiled, compiled_losses) = runs["eager"], runs["compiled"]
+    eager_losses = train_series(eager_dir, "train/loss")["train/loss"]
+    compiled_losses = train_series(compiled_dir, "train/loss")["train/loss"]
     assert len(compiled_losses) == len(eager_losses) == 6
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     assert compiled["val/r_mean"] == pytest.approx(eager["val/r_mean"], abs=1e-6)
-    state = torch.load(
-        tmp_path / "compiled" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )
+    ckpt = compiled_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert not any("_orig_mod" in k for k in state["state_dict"])
-    ckpt = tmp_path / "compiled" / "checkpoints" / "last.ckpt"
     results, trained = evaluate_like_the_run(cfg_factory, ckpt, compiled, tmp_path / "evaluation")
     assert trained and results == pytest.approx(trained, abs=1e-9)
-
-
-def _grad_stats(run_dir) -> dict[str, list[float]]:
-    rows = [r for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get("train/loss")]
-    return {k: [float(r[k]) for r in rows] for k in ("train/loss", "train/grad_cos", "train/grad_norm_b")}
 
 
 def test_compiled_gradient_surgery_takes_the_eager_gradients_after_a_compiled_run(cfg_factory, tmp_path):
@@ -187,12 +173,9 @@ def test_compiled_gradient_surgery_takes_the_eager_gradients_after_a_compiled_ru
         "run_test=false",
         "evaluate_after=false",
     )
-    stats = {}
-    for name, extra in {"eager": [], "compiled": ["module.compile.enabled=true"]}.items():
-        cfg = cfg_factory(*common, *extra)
-        cfg.paths.output_dir = str(tmp_path / name)
-        train(cfg)
-        stats[name] = _grad_stats(tmp_path / name)
+    keys = ("train/loss", "train/grad_cos", "train/grad_norm_b")
+    runs = train_eager_and_compiled(cfg_factory, tmp_path, *common)
+    stats = {name: train_series(run_dir, *keys) for name, (_, run_dir) in runs.items()}
     for key, eager in stats["eager"].items():
         assert len(eager) == 4 and stats["compiled"][key] == pytest.approx(eager, rel=1e-4, abs=1e-5), key
     # the process-wide settings are back once fitting ended
