@@ -34,14 +34,13 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from datamodules.benchmarks.collect import append_jsonl  # noqa: E402
+from lightning_modules.compilation import CompileSpec  # noqa: E402
 from lightning_modules.model_factory import ModelSpec  # noqa: E402
 
 
 def two_gradients(model, images, texts, mark_dynamic: bool):
-    if mark_dynamic:  # what CompileSpec.mark_inputs does for a hard-negative batch
-        torch._dynamo.maybe_mark_dynamic(images, 0)
-        torch._dynamo.maybe_mark_dynamic(texts, 0)
-        torch._dynamo.maybe_mark_dynamic(texts, 1)
+    if mark_dynamic:  # as training marks a hard-negative batch
+        CompileSpec(enabled=True).mark_inputs(images, texts, counts_vary=True)
     img, txt, scale = model(images, texts)
     loss_a = (img @ txt.T * scale).logsumexp(1).mean()
     loss_b = (img * img.roll(1, 0)).sum() + (txt[:4] ** 3).sum()
@@ -71,10 +70,8 @@ def main() -> None:
     # 1. an earlier compiled run: donated buffers on (torch's default), one backward; fills the FX-graph cache
     warm = copy.deepcopy(base)
     warm.compile()
-    torch._dynamo.maybe_mark_dynamic(x := images.clone(), 0)
-    t = texts.clone()
-    torch._dynamo.maybe_mark_dynamic(t, 0)
-    torch._dynamo.maybe_mark_dynamic(t, 1)
+    x, t = images.clone(), texts.clone()
+    CompileSpec(enabled=True).mark_inputs(x, t, counts_vary=True)
     i, tx, sc = warm(x, t)
     (i @ tx.T * sc).sum().backward()
     functorch_config.donated_buffer = False  # required for retain_graph=True through a compiled forward
