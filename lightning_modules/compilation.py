@@ -11,7 +11,7 @@ strategy has wrapped or sharded the model:
     scope=auto    blocks when the model is FSDP2-sharded, else model.
 
 Shapes: a training batch's image count (positives + image negatives), caption count and token columns (the loader
-drops padding columns, rounded to 4) change from batch to batch. Left alone, torch compiles the first shape
+drops padding columns, rounded to 4, or 8 when compiling: `text_columns_multiple`) change from batch to batch. Left alone, torch compiles the first shape
 statically and recompiles once per dimension that changes; with `dynamic: null`, `ClipModule.encode` marks the ones
 that will change dynamic before the first call (`CompileSpec.mark_inputs`), so one graph serves all training batches.
 Validation and test run the eager forward (`eager_unless`).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,11 @@ from lightning_modules.parallel import DEFAULT_SHARD_MODULES, is_sharded
 log = logging.getLogger(__name__)
 
 SCOPES = ("auto", "model", "blocks")
+# Token columns of a compiled run come in multiples of this: inductor's Triton kernels guard on a symbolic size
+# being a multiple of 8 (`is_aligned_realized_tensor`), so with the loader's usual multiple of 4 a compiled CUDA run
+# got a second graph at its first 12- or 20-column batch (seen on an H200, torch 2.11: recompile reason
+# `(text.size()[1] % 8) == 0`). A batch that needs the whole context (77 for ViT-B/32) still gets its own graph.
+COLUMN_ALIGN = 8
 MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -78,6 +84,13 @@ class CompileSpec:
             "fullgraph": self.fullgraph,
             "backend": self.backend,
         }
+
+    def columns_multiple(self, multiple: int | None) -> int | None:
+        """The loader's token-column multiple for this run: `multiple` (the model's, `ModelSpec.text_trim_multiple`;
+        None = no trimming), raised to a multiple of `COLUMN_ALIGN` when compiling (one graph on CUDA)."""
+        if not self.enabled or multiple is None:
+            return multiple
+        return math.lcm(multiple, COLUMN_ALIGN)
 
     def mark_inputs(self, images: torch.Tensor, texts: torch.Tensor, *, counts_vary: bool) -> None:
         """With `dynamic: null`, marks the input dimensions that change between training batches as dynamic before

@@ -211,14 +211,20 @@ class TrimmedTextCLIP(open_clip.CLIP):
         ctx = self.positional_embedding.shape[0]
         # No sync on the host; shorter tokens were trimmed already; under torch.compile the data-dependent length
         # would break the graph (the loader trims for compiled runs).
-        if text.device.type == "cpu" and text.shape[1] == ctx and not torch.compiler.is_compiling():
+        # (is_compiling first: a shape test ahead of it would be a guard `columns != ctx`, i.e. a second graph)
+        if not torch.compiler.is_compiling() and text.device.type == "cpu" and text.shape[1] == ctx:
             text = trim_padding(text, self.MULTIPLE, self.PAD)
         length = text.shape[1]
-        if length >= ctx:  # longer: open_clip's own error
+        if length > ctx:  # open_clip's own error (the full context takes the path below: one compiled graph)
             return super().encode_text(text, normalize=normalize)
         cast_dtype = self.transformer.get_cast_dtype()
-        x = self.token_embedding(text).to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        # One compiled graph for every length up to the full context: narrow, not [:length] (a slice's size is
+        # min(length, ctx), which torch.compile specialises to length < ctx), and the causal mask made at the
+        # length (a corner of the stored one is contiguous only at the full length: another specialisation).
+        pos = self.positional_embedding.narrow(0, 0, length)
+        mask = torch.full((length, length), float("-inf"), dtype=self.attn_mask.dtype, device=text.device).triu_(1)
+        x = self.token_embedding(text).to(cast_dtype) + pos.to(cast_dtype)
+        x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = open_clip.transformer.text_global_pool(x, text, self.text_pool_type)
         if self.text_projection is not None:

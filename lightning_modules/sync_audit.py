@@ -77,6 +77,15 @@ class SyncAudit(L.Callback):
         self._active, self._saved = False, None
 
     # -- hooks ---------------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Runs first among the callbacks: a step's window opens in this callback's `on_train_batch_start`, so a
+        callback called before it (Lightning calls them in list order) would have its syncs counted in the
+        previous step (seen on an H100: LearningRateMonitor's logging-step syncs landed in the step before)."""
+        if (
+            trainer.callbacks and trainer.callbacks[0] is not self
+        ):  # a new list: the hook loop iterates the old
+            trainer.callbacks = [self] + [c for c in trainer.callbacks if c is not self]
+
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
     ) -> None:

@@ -21,6 +21,7 @@ from datamodules.atomic import atomic_write_text
 from datamodules.benchmarks.runner import instantiate_benchmarks, markdown_table, run_benchmarks
 from datamodules.datamodule import ClipDataModule
 from lightning_modules.clip_module import ClipModule
+from lightning_modules.compilation import CompileSpec
 from lightning_modules.console import quiet_libraries
 from lightning_modules.inference import ClipScorer, load_checkpoint, resolve_device
 from lightning_modules.losses.base import LossSum
@@ -62,9 +63,16 @@ def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> ClipDataModule:
         cfg.data,
         image_transform=spec.uint8_transform(train=False),  # normalised on the device by the module
         tokenizer=spec.tokenizer(),
-        text_trim_multiple=spec.text_trim_multiple,  # padding columns dropped in the workers
+        # padding columns dropped in the workers (a multiple of 8 when the run compiles: CompileSpec.columns_multiple)
+        text_trim_multiple=_compile_spec(cfg).columns_multiple(spec.text_trim_multiple),
         negatives=_group(cfg.get("negatives")),
     )
+
+
+def _compile_spec(cfg: DictConfig) -> CompileSpec:
+    """The run's `module.compile` settings (what `ClipModule` compiles with)."""
+    settings = OmegaConf.select(cfg, "module.compile") or {}
+    return CompileSpec(**OmegaConf.to_container(settings) if isinstance(settings, DictConfig) else settings)
 
 
 def _fill_image_size(cfg: DictConfig, spec: ModelSpec) -> None:

@@ -111,6 +111,36 @@ def test_plain_batches_keep_static_counts_and_a_count_change_recompiles_once():
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_a_batch_filling_the_context_shares_the_graph():
+    """The trimmed text tower takes the full context (32 columns for the tiny CLIP) through the same code as shorter
+    rows, so a batch that needs every position does not branch into open_clip's forward and a second graph."""
+    module = _module()
+    module.compile_spec.apply(module.model)
+    module.train()
+    _encode_batches(module, [(6, 9, 16), (8, 13, 32), (5, 7, 24)])
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_runs_load_token_columns_in_multiples_of_8(cfg_factory):
+    """On CUDA, inductor guards on a symbolic column count being a multiple of 8 (H200, torch 2.11: a compiled run
+    recompiled at its first 12- or 20-column batch), so a compiled run's loader keeps multiples of 8; an eager run
+    keeps the model's 4 (fewer padded columns)."""
+    from lightning_modules.training import build_datamodule
+
+    spec = ModelSpec(name="tiny-vit")
+    assert CompileSpec().columns_multiple(4) == 4 and CompileSpec(enabled=True).columns_multiple(None) is None
+    assert CompileSpec(enabled=True).columns_multiple(4) == 8 and CompileSpec(enabled=True).columns_multiple(3) == 24
+    widths = {}
+    for enabled in (False, True):
+        cfg = cfg_factory("negatives=[text_rules]", "data.num_workers=0", f"module.compile.enabled={enabled}")
+        dm = build_datamodule(cfg, spec)
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        widths[enabled] = {next(loader).texts_YL.shape[1] for _ in range(4)}
+    assert dm.text_trim_multiple == 8 and all(w % 8 == 0 for w in widths[True]), widths
+    assert any(w % 8 for w in widths[False]), f"eager batches keep multiples of 4: {widths}"
+
+
 def test_static_shapes_compile_a_graph_per_shape():
     """The counter above can fail: with dynamic=false every new shape is a new graph."""
     module = _module(dynamic=False)

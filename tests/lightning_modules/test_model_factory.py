@@ -75,7 +75,7 @@ def test_trimmed_text_tower_gives_the_full_towers_features_and_gradients(name):
             torch.testing.assert_close(
                 p.grad, q.grad, atol=1e-5 * float(q.grad.abs().max()) + 1e-9, rtol=0, msg=n
             )
-    # a batch that fills the context goes through open_clip's own path
+    # a batch that fills the context: the same features (through the trimmed path: one compiled graph for all)
     long = tok([" ".join(["red"] * 40)] * 2)
     torch.testing.assert_close(trimmed.encode_text(long), full.encode_text(long))
 

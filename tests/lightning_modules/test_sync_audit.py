@@ -3,6 +3,7 @@
 import json
 import traceback
 import warnings
+from collections import Counter
 
 import torch
 
@@ -72,3 +73,46 @@ def test_audit_is_a_reported_no_op_without_cuda(tmp_path):
         trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=2))
     rep = json.loads(out.read_text())
     assert rep["steps"] == 0 and "no audited step" in rep["note"]
+
+
+def test_audit_moves_itself_first_so_every_step_owns_its_callbacks_syncs(tmp_path):
+    """A step's window opens in the audit's `on_train_batch_start`; a callback called before it (Lightning calls
+    them in list order) had its logging-step syncs counted in the previous step (LearningRateMonitor, H100). The
+    audit puts itself first at setup, and every callback still runs each hook once."""
+    import lightning as L
+
+    calls = Counter()
+
+    class Recorder(L.Callback):
+        def setup(self, trainer, pl_module, stage):
+            calls["setup"] += 1
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            calls["batch_start"] += 1
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.w(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    audit, first, last = SyncAudit(start=0, steps=2, out=str(tmp_path / "a.json")), Recorder(), Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[first, audit, last],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=2))
+    assert trainer.callbacks[:3] == [audit, first, last]
+    assert calls == {"setup": 2, "batch_start": 6}  # two recorders, 3 steps each: none skipped or repeated
