@@ -11,11 +11,11 @@
 #                                         # hard negatives; if a copy of an earlier commit is in _old/, the
 #                                         # hard-negative loader run before/after side by side (last); ops per
 #                                         # step framework vs bare (~6 min)
-#   bash benchmarks/gpu_checks.sh next    # START HERE next session: gpu tests, hardneg without text trimming,
-#                                         # B/32 eager + compiled (~7-9 min, one call); then `compile` if time is left
-#   bash benchmarks/gpu_checks.sh compile # training with module.compile.enabled=true beside eager: hardneg eager +
-#                                         # compiled, B/32 compiled + fused AdamW (~6 min; compiling B/32 may take
-#                                         # 1-1.5 min a run)
+#   bash benchmarks/gpu_checks.sh next    # START HERE next session: gpu tests, StepProfile of the hardneg and plain
+#                                         # steps, hardneg without text trimming (~6-8 min, one call)
+#   bash benchmarks/gpu_checks.sh compile # training with module.compile.enabled=true beside eager: B/32 plain
+#                                         # (eager, compiled, compiled + fused AdamW) and hardneg compiled (~8-9 min;
+#                                         # compiling B/32 may take 1-1.5 min a run; `b32_hardneg` of run 4 = eager)
 #   bash benchmarks/gpu_checks.sh         # core and extra
 # A before/after for `sync`: mkdir _old && git archive <commit> | tar -x -C _old && echo <commit> > _old/COMMIT
 # (untracked, so it travels to the device with the working tree; never commit it; 8345940 = before the host-sync
@@ -43,17 +43,19 @@ LT="$PY benchmarks/loader_throughput.py --out $RES/loader_throughput.jsonl"
 LW="$PY benchmarks/loader_worker.py --out $RES/loader_worker.jsonl --batch-size 256"
 B32="trainer=gpu model=vit_b32 data.batch_size=256 data.num_workers=$W"
 if [ "$PART" = next ]; then
-# The next session's priorities in ONE call (~7-9 min of the 15 a session gets). Run 4 (2026-11-27, tenth session)
-# measured the rest of the old `next` (overhead per step and in blocks, loader runs, text trimming; BENCHMARKS.md);
-# left: the gpu tests after the two fixes of that session (SyncAudit callback order; token columns a multiple of 8,
-# the CUDA compile graph count) -- the first pytest run on a fresh machine took > 170 s (cold inductor/Triton
-# caches), hence 240 s; the hard-negative run without text trimming (its override was wrong in run 4); and B/32
-# compiled beside eager. `compile` has the other compiled runs.
+# The next session's priorities in ONE call (~6-8 min of the 15 a session gets). Run 4 (2026-11-27, tenth session)
+# measured the rest of the old `next` (overhead per step and in blocks, loader runs, text trimming; BENCHMARKS.md).
+# Left: the gpu tests after that session's two fixes (SyncAudit callback order; the compiled graph count on CUDA) --
+# the first pytest run on a fresh machine took > 170 s (cold inductor/Triton caches), hence 240 s; where the
+# hard-negative step's time goes (run 4: ~300 ms per step in training vs 114 ms for the same model work in
+# text_trim.py): StepProfile (torch.profiler) over 8 steps of the real hardneg and plain runs; the hard-negative run
+# without text trimming (its override was wrong in run 4). `compile` has the compiled runs.
+P="+callbacks.step_profile._target_=lightning_modules.step_profile.StepProfile +callbacks.step_profile.start=25 +callbacks.step_profile.steps=8"
 step 240 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rA --tb=short > "$RES/pytest_gpu.txt" 2>&1
 tail -12 "$RES/pytest_gpu.txt"
+step 100 $LT --name b32_hardneg_profiled --skip 10 --timeout 95 -- experiment=hardneg $B32 trainer.max_steps=36 $P +callbacks.step_profile.out=$RES/step_profile_hardneg.json
+step 70 $LT --name b32_plain_profiled --skip 10 --timeout 65 -- $B32 trainer.max_steps=36 $P +callbacks.step_profile.out=$RES/step_profile_plain.json
 step 80 $LT --name b32_hardneg_untrimmed --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=70 +model.trim_text=false
-step 75 $LT --name b32_plain_eager --timeout 70 -- $B32 trainer.max_steps=130
-step 170 $LT --name b32_plain_compiled --skip 40 --timeout 165 -- $B32 trainer.max_steps=130 module.compile.enabled=true
 keep_logs
 echo done
 exit 0
@@ -61,7 +63,8 @@ fi
 if [ "$PART" = compile ]; then
 # torch.compile in training (inductor; the forward compiled in place, one graph for all batch shapes): the same
 # runs with and without it on this machine, one after another; the first ~40 steps (compilation) are skipped
-step 95 $LT --name b32_hardneg --timeout 90 -- experiment=hardneg $B32 trainer.max_steps=90
+step 75 $LT --name b32_plain_eager --timeout 70 -- $B32 trainer.max_steps=130
+step 170 $LT --name b32_plain_compiled --skip 40 --timeout 165 -- $B32 trainer.max_steps=130 module.compile.enabled=true
 step 170 $LT --name b32_hardneg_compiled --skip 40 --timeout 165 -- experiment=hardneg $B32 trainer.max_steps=100 module.compile.enabled=true
 step 110 $LT --name b32_plain_compiled_fused --skip 40 --timeout 105 -- $B32 trainer.max_steps=130 module.compile.enabled=true optimizer.fused=true
 keep_logs

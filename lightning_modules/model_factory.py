@@ -222,7 +222,9 @@ class TrimmedTextCLIP(open_clip.CLIP):
         # min(length, ctx), which torch.compile specialises to length < ctx), and the causal mask made at the
         # length (a corner of the stored one is contiguous only at the full length: another specialisation).
         pos = self.positional_embedding.narrow(0, 0, length)
-        mask = torch.full((length, length), float("-inf"), dtype=self.attn_mask.dtype, device=text.device).triu_(1)
+        mask = torch.full(
+            (length, length), float("-inf"), dtype=self.attn_mask.dtype, device=text.device
+        ).triu_(1)
         x = self.token_embedding(text).to(cast_dtype) + pos.to(cast_dtype)
         x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)

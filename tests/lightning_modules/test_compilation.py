@@ -129,7 +129,10 @@ def test_compiled_runs_load_token_columns_in_multiples_of_8(cfg_factory):
 
     spec = ModelSpec(name="tiny-vit")
     assert CompileSpec().columns_multiple(4) == 4 and CompileSpec(enabled=True).columns_multiple(None) is None
-    assert CompileSpec(enabled=True).columns_multiple(4) == 8 and CompileSpec(enabled=True).columns_multiple(3) == 24
+    assert (
+        CompileSpec(enabled=True).columns_multiple(4) == 8
+        and CompileSpec(enabled=True).columns_multiple(3) == 24
+    )
     widths = {}
     for enabled in (False, True):
         cfg = cfg_factory("negatives=[text_rules]", "data.num_workers=0", f"module.compile.enabled={enabled}")
