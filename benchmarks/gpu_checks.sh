@@ -12,7 +12,8 @@
 #                                         # hard-negative loader run before/after side by side (last); ops per
 #                                         # step framework vs bare (~6 min)
 #   bash benchmarks/gpu_checks.sh next    # START HERE next session: gpu tests, StepProfile of the hardneg and plain
-#                                         # steps, hardneg without text trimming (~6-8 min, one call)
+#                                         # steps, overhead.py on the hardneg recipe's real batch, hardneg without
+#                                         # text trimming (~7-9 min, one call)
 #   bash benchmarks/gpu_checks.sh compile # training with module.compile.enabled=true beside eager: B/32 plain
 #                                         # (eager, compiled, compiled + fused AdamW) and hardneg compiled (~8-9 min;
 #                                         # compiling B/32 may take 1-1.5 min a run; `b32_hardneg` of run 4 = eager)
@@ -55,6 +56,9 @@ step 240 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rA --tb=
 tail -12 "$RES/pytest_gpu.txt"
 step 100 $LT --name b32_hardneg_profiled --skip 10 --timeout 95 -- experiment=hardneg $B32 trainer.max_steps=36 $P +callbacks.step_profile.out=$RES/step_profile_hardneg.json
 step 70 $LT --name b32_plain_profiled --skip 10 --timeout 65 -- $B32 trainer.max_steps=36 $P +callbacks.step_profile.out=$RES/step_profile_plain.json
+# the default recipe's real first batch and loss terms, framework vs bare, in blocks: is the ~310 ms the step's own
+# work (both sides slow) or the training loop's (both near text_trim's 114 ms)?
+step 90 $OH --model ViT-B-32 --batch 256 --steps 40 --warmup 10 --block 10 --experiment hardneg
 step 80 $LT --name b32_hardneg_untrimmed --timeout 75 -- experiment=hardneg $B32 trainer.max_steps=70 +model.trim_text=false
 keep_logs
 echo done

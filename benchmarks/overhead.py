@@ -5,6 +5,8 @@
     python benchmarks/overhead.py --count-ops 20 --hardneg 2                  # ops per step instead of time
     # host time alone: a micro CLIP whose compute is nearly nil
     python benchmarks/overhead.py --config-file benchmarks/models/micro-vit.json --model micro-vit --batch 2
+    # a training recipe's real batch and losses: one batch of its loader (images normalised once), its loss terms
+    python benchmarks/overhead.py --experiment hardneg
 
 Both sides train the same architecture from the same initial weights on the same pre-made batch (already on the
 device): encode all images in one call and all texts in one call, the contrastive loss (+ optional per-sample
@@ -32,6 +34,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -66,6 +69,36 @@ def make_batch(b: int, k: int, size: int, ctx: int, device: str) -> Batch:
     )
 
 
+def recipe_batch_and_loss(
+    experiment: str, spec: ModelSpec, batch: int, device: str
+) -> tuple[Batch, LossSum, dict]:
+    """One training batch of `experiment=<name>` from its real loader (generators, trimming; one process), its
+    images normalised once on `device` (pre-made tensors, as the other batches here), and the recipe's loss terms
+    (`training.build_loss`). Also returns the batch's composition."""
+    from hydra import compose, initialize_config_dir
+
+    from lightning_modules.training import _fill_image_size, build_datamodule, build_loss
+
+    overrides = [f"experiment={experiment}", f"data.batch_size={batch}", "data.num_workers=0"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    _fill_image_size(cfg, spec)
+    dm = build_datamodule(cfg, spec)
+    dm.prepare_data()
+    dm.setup("fit")
+    real = next(iter(dm.train_dataloader())).to(device)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in spec.normalization())
+    real = replace(real, images_XCHW=real.images_XCHW.float().div_(255).sub_(mean).div_(std))
+    loss = build_loss(cfg)
+    shape = {
+        "images": real.images_XCHW.shape[0],
+        "captions": real.texts_YL.shape[0],
+        "token_columns": real.texts_YL.shape[1],
+        "loss_terms": sorted(loss.terms),
+    }
+    return real, loss, shape
+
+
 def loss_terms(k: int) -> LossSum:
     terms = {"contrastive": ContrastiveLoss()}
     if k:
@@ -77,9 +110,9 @@ class Bare:
     """The reference loop: the same work without Lightning."""
 
     def __init__(
-        self, model, batch: Batch, k: int, precision: str, device: str, max_logit_scale: float
+        self, model, batch: Batch, loss: LossSum, precision: str, device: str, max_logit_scale: float
     ) -> None:
-        self.model, self.batch, self.loss = model, batch, loss_terms(k)
+        self.model, self.batch, self.loss = model, batch, loss
         self.opt = torch.optim.AdamW(param_groups(model, 0.1), lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
         self.autocast = (
             partial(torch.autocast, device_type=device, dtype=torch.bfloat16)
@@ -103,6 +136,7 @@ class Bare:
             img_neg_owner_M=self.batch.img_neg_owner_M,
             img_neg_pair_M=self.batch.img_neg_pair_M,
             txt_neg_owner_N=self.batch.txt_neg_owner_N,
+            img_neg_kind=self.batch.img_neg_kind_M,
             txt_neg_kind=self.batch.txt_neg_kind_N,
         )
         total = sum(v for n, v in self.loss(x).items() if n.endswith("_loss"))
@@ -275,6 +309,12 @@ def main() -> None:
     ap.add_argument(
         "--hardneg", type=int, default=0, help="text hard negatives per sample (0 = contrastive only)"
     )
+    ap.add_argument(
+        "--experiment",
+        default=None,
+        help="a training recipe (conf/experiment): its real first batch and loss terms instead of the synthetic "
+        "batch (--hardneg is then ignored)",
+    )
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--device", default="cpu")
@@ -312,9 +352,14 @@ def main() -> None:
     torch.manual_seed(0)
     spec = ModelSpec(name=args.model, config_file=args.config_file)
     size = args.image_size or spec.image_size
+    if args.experiment:
+        batch, loss, composition = recipe_batch_and_loss(args.experiment, spec, args.batch, args.device)
+        torch.manual_seed(0)
+    else:
+        loss, composition = loss_terms(args.hardneg), {}
     module = ClipModule(
         spec,
-        loss_terms(args.hardneg),
+        loss,
         partial(torch.optim.AdamW, lr=5e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6),
         None,
         # the framework compiles as training does (module.compile: in place when fitting starts, batch dims marked
@@ -324,9 +369,11 @@ def main() -> None:
     bare_model = copy.deepcopy(module.model).to(args.device)
     if args.compile:
         bare_model = torch.compile(bare_model)
-    ctx = spec.config["text_cfg"].get("context_length", 77)
-    batch = make_batch(args.batch, args.hardneg, size, ctx, args.device)
-    bare = Bare(bare_model, batch, args.hardneg, args.precision, args.device, module.max_logit_scale)
+    if not args.experiment:
+        ctx = spec.config["text_cfg"].get("context_length", 77)
+        batch = make_batch(args.batch, args.hardneg, size, ctx, args.device)
+    bare_loss = copy.deepcopy(loss).to(args.device)
+    bare = Bare(bare_model, batch, bare_loss, args.precision, args.device, module.max_logit_scale)
     if args.count_ops:
         timer = OpInterleave(bare, args.warmup, args.count_ops)
         args.steps = args.warmup + args.count_ops + 1
@@ -353,7 +400,8 @@ def main() -> None:
         "model": args.model,
         "image_size": size,
         "batch": args.batch,
-        "hardneg_per_sample": args.hardneg,
+        "hardneg_per_sample": None if args.experiment else args.hardneg,
+        **({"experiment": args.experiment, "batch_composition": composition} if args.experiment else {}),
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda")
         else f"cpu ({torch.get_num_threads()} threads)",

@@ -10,7 +10,9 @@ summary:
 - `device_ms_per_step`: the operators' own device time (kernels) per step; `device_busy` = device / wall. Near 1:
   the GPU is the limit (make the step cheaper); well below 1: the GPU idles while the host prepares the next kernels
   or batch (host-bound: see `top_cpu`, and `SyncAudit` for waits);
-- `top_device` / `top_cpu`: the operators with the most self device / self CPU time per step (ms) and calls per step.
+- `top_device` / `top_cpu`: the operators with the most self device / self CPU time per step (ms) and calls per step;
+- `host_ms_each_step`: each step's host interval (unsynchronised but the last): a long one marks where the host
+  waited (a logging step's synchronisation, a slow batch).
 
 On a CPU the device fields are null and `top_cpu` is the whole story. The profiler adds host time of its own
 (recording every operator); compare the shares, not the absolute wall time, with unprofiled runs.
@@ -48,6 +50,7 @@ class StepProfile(L.Callback):
         self._t0 = 0.0
         self._seen = 0
         self._positives: int | None = None
+        self._ends: list[float] = []
         self.report: dict[str, Any] | None = None
 
     def on_train_batch_start(
@@ -60,7 +63,7 @@ class StepProfile(L.Callback):
                 activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
             )
             self._prof.__enter__()
-            self._t0, self._seen = time.perf_counter(), 0
+            self._t0, self._seen, self._ends = time.perf_counter(), 0, []
             self._positives = getattr(batch, "num_pos", None)
 
     def on_train_batch_end(
@@ -69,6 +72,7 @@ class StepProfile(L.Callback):
         if self._prof is None:
             return
         self._seen += 1
+        self._ends.append(time.perf_counter())
         if self._seen >= self.steps:
             self._finish(trainer, pl_module)
 
@@ -84,7 +88,11 @@ class StepProfile(L.Callback):
         self.report = summarize(
             prof, steps=self._seen, wall_s=wall, top=self.top, device=pl_module.device.type
         )
-        self.report |= {"start": self.start, "positives": self._positives}
+        # host time from the window's start to each step's end, unsynchronised: where the host waited (a logging
+        # step's synchronisation, a slow batch) shows as one long step; the last is the synchronised total
+        marks = [self._t0, *self._ends[:-1], self._t0 + wall]
+        host_ms = [round((b - a) * 1e3, 2) for a, b in zip(marks, marks[1:])]
+        self.report |= {"start": self.start, "positives": self._positives, "host_ms_each_step": host_ms}
         if trainer.is_global_zero:
             path = Path(self.out or Path(trainer.log_dir or trainer.default_root_dir) / "step_profile.json")
             path.parent.mkdir(parents=True, exist_ok=True)

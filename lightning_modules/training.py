@@ -37,6 +37,11 @@ def _group(node: Any) -> dict[str, Any]:
     return {name: instantiate(v) for name, v in (node or {}).items() if v is not None}
 
 
+def build_loss(cfg: DictConfig) -> LossSum:
+    """The run's loss: every term of the `loss` group, summed (`LossSum`)."""
+    return LossSum(_group(cfg.get("loss")))
+
+
 def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> ClipDataModule:
     """The DataModule of `cfg.data` with the model's transform and tokenizer and the generators of the top-level
     `negatives` group. With `data=preprocessed` the clean manifests are built (or reused) in `prepare_data`."""
@@ -129,7 +134,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg, spec)
     module = ClipModule(
         spec,
-        LossSum(_group(cfg.get("loss"))),
+        build_loss(cfg),
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         run_config=run_cfg,

@@ -43,6 +43,8 @@ def test_profiles_the_window_of_a_real_run(cfg_factory, tmp_path):
     ops = {r["op"] for r in rep["top_cpu"]}
     assert any(op.startswith("aten::") for op in ops), ops
     assert rep["aten_ops_per_step"] > 100  # a tiny CLIP's forward, backward and AdamW step
+    assert len(rep["host_ms_each_step"]) == 3
+    assert sum(rep["host_ms_each_step"]) == pytest.approx(3 * rep["wall_ms_per_step"], rel=1e-3)
 
 
 def test_a_run_ending_inside_the_window_reports_the_steps_it_profiled(cfg_factory, tmp_path):
