@@ -11,9 +11,10 @@ strategy has wrapped or sharded the model:
     scope=auto    blocks when the model is FSDP2-sharded, else model.
 
 Shapes: a training batch's image count (positives + image negatives), caption count and token columns (the loader
-drops padding columns, rounded to 4, or 8 when compiling: `text_columns_multiple`) change from batch to batch. Left alone, torch compiles the first shape
-statically and recompiles once per dimension that changes; with `dynamic: null`, `ClipModule.encode` marks the ones
-that will change dynamic before the first call (`CompileSpec.mark_inputs`), so one graph serves all training batches.
+drops padding columns, keeping a multiple of 4, or of 8 when compiling: `CompileSpec.columns_multiple`) change from
+batch to batch. Left alone, torch compiles the first shape statically and recompiles once per dimension that changes;
+with `dynamic: null`, `ClipModule.encode` marks the ones that will change dynamic before the first call
+(`CompileSpec.mark_inputs`), so one graph serves all training batches.
 Validation and test run the eager forward (`eager_unless`).
 """
 

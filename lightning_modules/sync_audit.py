@@ -81,9 +81,8 @@ class SyncAudit(L.Callback):
         """Runs first among the callbacks: a step's window opens in this callback's `on_train_batch_start`, so a
         callback called before it (Lightning calls them in list order) would have its syncs counted in the
         previous step (seen on an H100: LearningRateMonitor's logging-step syncs landed in the step before)."""
-        if (
-            trainer.callbacks and trainer.callbacks[0] is not self
-        ):  # a new list: the hook loop iterates the old
+        if trainer.callbacks and trainer.callbacks[0] is not self:
+            # a new list, not an edit in place: Lightning's hook loop is iterating the old one right now
             trainer.callbacks = [self] + [c for c in trainer.callbacks if c is not self]
 
     def on_train_batch_start(
