@@ -72,9 +72,9 @@ def make_batch(b: int, k: int, size: int, ctx: int, device: str) -> Batch:
 def recipe_batch_and_loss(
     experiment: str, spec: ModelSpec, batch: int, device: str
 ) -> tuple[Batch, LossSum, dict]:
-    """One training batch of `experiment=<name>` from its real loader (generators, trimming; one process), its
-    images normalised once on `device` (pre-made tensors, as the other batches here), and the recipe's loss terms
-    (`training.build_loss`). Also returns the batch's composition."""
+    """One training batch of `experiment=<name>` from its real loader (generators, trimming; one process) on
+    `device` (images still uint8: the caller normalises them once with `ClipModule.normalize_images`), and the
+    recipe's loss terms (`training.build_loss`). Also returns the batch's composition."""
     from hydra import compose, initialize_config_dir
 
     from lightning_modules.training import _fill_image_size, build_datamodule, build_loss
@@ -87,8 +87,6 @@ def recipe_batch_and_loss(
     dm.prepare_data()
     dm.setup("fit")
     real = next(iter(dm.train_dataloader())).to(device)
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in spec.normalization())
-    real = replace(real, images_XCHW=real.images_XCHW.float().div_(255).sub_(mean).div_(std))
     loss = build_loss(cfg)
     shape = {
         "images": real.images_XCHW.shape[0],
@@ -366,6 +364,8 @@ def main() -> None:
         # dynamic); the bare loop with a plain torch.compile of its static shapes
         compile={"enabled": args.compile},
     )
+    if args.experiment:  # pre-made float images for both sides, normalised as training does
+        batch = replace(batch, images_XCHW=module.to(args.device).normalize_images(batch.images_XCHW))
     bare_model = copy.deepcopy(module.model).to(args.device)
     if args.compile:
         bare_model = torch.compile(bare_model)

@@ -76,8 +76,8 @@ def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> ClipDataModule:
 
 def _compile_spec(cfg: DictConfig) -> CompileSpec:
     """The run's `module.compile` settings (what `ClipModule` compiles with)."""
-    settings = OmegaConf.select(cfg, "module.compile") or {}
-    return CompileSpec(**OmegaConf.to_container(settings) if isinstance(settings, DictConfig) else settings)
+    settings = OmegaConf.select(cfg, "module.compile")
+    return CompileSpec(**OmegaConf.to_container(settings)) if settings else CompileSpec()
 
 
 def _fill_image_size(cfg: DictConfig, spec: ModelSpec) -> None:

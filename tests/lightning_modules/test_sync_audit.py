@@ -44,7 +44,8 @@ def test_record_counts_synchronisations_per_step_and_passes_other_warnings_on(tm
     assert seen == ["something else"]
 
 
-def test_audit_is_a_reported_no_op_without_cuda(tmp_path):
+def _fit_tiny(callbacks: list):
+    """A 3-step CPU fit of a one-layer module with these callbacks; returns the trainer."""
     import lightning as L
 
     class Tiny(L.LightningModule):
@@ -58,7 +59,6 @@ def test_audit_is_a_reported_no_op_without_cuda(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    out = tmp_path / "audit.json"
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=3,
@@ -66,11 +66,17 @@ def test_audit_is_a_reported_no_op_without_cuda(tmp_path):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SyncAudit(start=0, steps=2, out=str(out))],
+        callbacks=callbacks,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=2))
+    return trainer
+
+
+def test_audit_is_a_reported_no_op_without_cuda(tmp_path):
+    out = tmp_path / "audit.json"
+    _fit_tiny([SyncAudit(start=0, steps=2, out=str(out))])
     rep = json.loads(out.read_text())
     assert rep["steps"] == 0 and "no audited step" in rep["note"]
 
@@ -90,29 +96,7 @@ def test_audit_moves_itself_first_so_every_step_owns_its_callbacks_syncs(tmp_pat
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             calls["batch_start"] += 1
 
-    class Tiny(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            return self.w(batch).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     audit, first, last = SyncAudit(start=0, steps=2, out=str(tmp_path / "a.json")), Recorder(), Recorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[first, audit, last],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=2))
+    trainer = _fit_tiny([first, audit, last])
     assert trainer.callbacks[:3] == [audit, first, last]
     assert calls == {"setup": 2, "batch_start": 6}  # two recorders, 3 steps each: none skipped or repeated
